@@ -1,0 +1,53 @@
+"""Errors for bad input, and atomic file writes.
+
+Every problem with user input is raised as :class:`InputError`, whose message is one line that
+names the file, the field and what is wrong. The CLIs turn it into that line on stderr and a
+non-zero exit (see :func:`cosmoinfer.cli.common.run_cli`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+
+class InputError(ValueError):
+    """Bad user input: ``InputError(path, what)`` renders as ``"<path>: <what>"`` on one line."""
+
+    def __init__(self, path: str | os.PathLike | None, what: str):
+        self.path = None if path is None else str(path)
+        self.what = " ".join(str(what).split())  # always one line
+        super().__init__(self.what if self.path is None else f"{self.path}: {self.what}")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
+
+    The temporary file lives in the same folder (same file system), so the final ``os.replace``
+    is atomic: readers see either the old file or the complete new one, never a partial write.
+    ``suffix`` defaults to the suffix of ``path`` (libraries such as numpy append their own).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(
+        prefix=f".{path.name}.", suffix=(path.suffix if suffix is None else suffix) + ".tmp",
+        dir=path.parent,
+    )
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
