@@ -1,0 +1,161 @@
+"""LightningDataModule for CMD-layout folders and the HDF5 store.
+
+Split by simulation (seeded, written to ``split.json`` next to the run and reusable), maps
+normalised with statistics from the training split alone, parameters scaled to the unit cube
+by the manifest's priors, dihedral augmentation on the fly for training, deterministic order for
+evaluation. Under DDP the training set is sharded by a ``DistributedSampler``; validation and
+test are sharded *without padding*, so every sample is evaluated exactly once.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+from torch.utils.data import DataLoader, DistributedSampler, Sampler
+
+from cosmoinfer.data.dataset import MapDataset
+from cosmoinfer.data.priors import Prior, from_unit, select
+from cosmoinfer.data.sources import open_source
+from cosmoinfer.data.splits import SPLITS, load_split, map_indices, save_split, split_by_simulation
+from cosmoinfer.data.transforms import Normalizer, fit_normalizer
+from cosmoinfer.errors import InputError
+
+log = logging.getLogger(__name__)
+
+
+class ShardSampler(Sampler):
+    """Rank ``r`` of ``w`` gets indices ``r, r+w, r+2w, ...``: no padding, no duplicates."""
+
+    def __init__(self, n: int):
+        self.n = n
+        ready = dist.is_available() and dist.is_initialized()
+        self.rank = dist.get_rank() if ready else 0
+        self.world = dist.get_world_size() if ready else 1
+
+    def __iter__(self):
+        return iter(range(self.rank, self.n, self.world))
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.n, self.world))
+
+
+class CMDDataModule(pl.LightningDataModule):
+    """Data for training and evaluation. Arguments mirror the ``data`` config group.
+
+    ``normalizer`` and ``split`` (dicts, as stored in a checkpoint) reuse a training run's
+    statistics and split instead of computing new ones.
+    """
+
+    def __init__(self, root: str | None = None, suite: str = "IllustrisTNG", fields: Sequence[str] = ("Mtot",),
+                 params: Sequence[str] = ("Omega_m", "sigma_8"), set: str = "LH", manifest: str | None = None,
+                 h5_path: str | None = None, split_fractions: Sequence[float] = (0.9, 0.05, 0.05),
+                 split_seed: int = 0, split_file: str | None = None, log_fields: str | Sequence[str] = "auto",
+                 log_offset: dict | None = None, batch_size: int = 32, eval_batch_size: int | None = None,
+                 num_workers: int = 0, augment: bool = True, pin_memory: bool = False,
+                 out_dir: str | None = None, normalizer: dict | None = None, split: dict | None = None,
+                 validate: str = "all", persistent_workers: bool = True, **_ignored):
+        super().__init__()
+        self.root, self.suite, self.set = root, suite, set
+        self.fields, self.param_names = list(fields), list(params)
+        self.manifest, self.h5_path = manifest, h5_path
+        self.split_fractions, self.split_seed, self.split_file = list(split_fractions), split_seed, split_file
+        self.log_fields, self.log_offset = log_fields, dict(log_offset or {})
+        self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        self.num_workers, self.augment, self.pin_memory = num_workers, augment, pin_memory
+        self.persistent_workers = persistent_workers and num_workers > 0
+        self.out_dir = out_dir
+        self.validate = validate
+        self.normalizer = Normalizer.from_dict(normalizer) if normalizer else None
+        self.split = split
+        self.source = None
+        self.datasets: dict[str, MapDataset] = {}
+
+    # ------------------------------------------------------------------ setup
+    def setup(self, stage: str | None = None) -> None:
+        if self.source is not None:
+            return
+        src = open_source(self.root, self.suite, self.fields, self.set, self.manifest, self.h5_path)
+        self.source = src
+        where = getattr(src, "manifest", None)
+        where = (where.path if where is not None and where.path else None) or getattr(src, "path", None) or src.root
+        try:
+            self.priors: list[Prior] = select(src.priors, self.param_names)
+        except KeyError as err:
+            raise InputError(where, f"data.params: {err.args[0]}") from None
+        self.param_columns = [src.param_names.index(n) for n in self.param_names]
+        n_sims = len(src.params)
+        if self.split is None:
+            if self.split_file:
+                self.split = load_split(self.split_file, n_sims)
+            else:
+                self.split = split_by_simulation(n_sims, self.split_fractions, self.split_seed)
+        if max(max(self.split[k], default=-1) for k in SPLITS) >= n_sims:
+            raise InputError(where, f"the split refers to simulations beyond the {n_sims} in the data")
+        if self.out_dir:
+            save_split(self.split, Path(self.out_dir) / "split.json")
+        idx = {k: map_indices(self.split[k], src.maps_per_sim) for k in SPLITS}
+        if self.normalizer is None:
+            log_flags = self._log_flags(src)
+            offsets = [float(self.log_offset.get(f, 0.0)) for f in self.fields]
+            check = None if self.validate == "all" else idx["train"]
+            self.normalizer = fit_normalizer(src, idx["train"], log_flags, offsets, check_indices=check)
+        elif len(self.normalizer.mean) != len(self.fields):
+            raise InputError(where, f"checkpoint normalisation has {len(self.normalizer.mean)} channels, "
+                             f"data.fields has {len(self.fields)}")
+        for k in SPLITS:
+            self.datasets[k] = MapDataset(src, idx[k], self.normalizer, self.param_columns, self.priors,
+                                          augment=self.augment and k == "train")
+
+    def _log_flags(self, src) -> list[bool]:
+        if self.log_fields == "auto" or self.log_fields is None:
+            return [bool(p) for p in src.positive]
+        unknown = [f for f in self.log_fields if f not in self.fields]
+        if unknown:
+            raise InputError("data.log_fields", f"field(s) {unknown} are not in data.fields {self.fields}")
+        return [f in self.log_fields for f in self.fields]
+
+    # ------------------------------------------------------------------ loaders
+    def _loader(self, ds, batch_size, train: bool) -> DataLoader:
+        distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        if train:
+            sampler = DistributedSampler(ds, shuffle=True, seed=self.split_seed) if distributed else None
+            shuffle = sampler is None
+        else:
+            sampler, shuffle = (ShardSampler(len(ds)) if distributed else None), False
+        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+                          num_workers=self.num_workers, pin_memory=self.pin_memory,
+                          persistent_workers=self.persistent_workers, drop_last=False)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["train"], self.batch_size, train=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["val"], self.eval_batch_size, train=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader(self.datasets["test"], self.eval_batch_size, train=False)
+
+    def split_dataloader(self, split: str) -> DataLoader:
+        if split not in SPLITS:
+            raise InputError("split", f"unknown split {split!r}; choose one of {list(SPLITS)}")
+        return self._loader(self.datasets[split], self.eval_batch_size, train=False)
+
+    # ------------------------------------------------------------------ metadata for checkpoints
+    def state(self) -> dict:
+        """What a checkpoint must carry so evaluation needs nothing else (plain types only)."""
+        return {
+            "fields": self.fields, "param_names": self.param_names,
+            "priors": [p.to_dict() for p in self.priors], "normalizer": self.normalizer.to_dict(),
+            "split": {k: self.split[k] for k in ("seed", "fractions", "n_sims", *SPLITS) if k in self.split},
+            "suite": self.suite, "set": self.set, "grid": int(self.source.grid),
+            "maps_per_sim": int(self.source.maps_per_sim),
+        }
+
+    def to_physical(self, y_unit: np.ndarray | torch.Tensor) -> np.ndarray:
+        return from_unit(np.asarray(y_unit), self.priors)

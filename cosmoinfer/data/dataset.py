@@ -1,0 +1,41 @@
+"""Torch dataset over a map source: normalised maps, unit-scaled parameters, simulation ids."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from cosmoinfer.data.priors import Prior, to_unit
+from cosmoinfer.data.transforms import Normalizer, dihedral
+
+
+class MapDataset(Dataset):
+    """Samples ``(x, y, sim_id)``: ``x`` ``(C, H, W)`` float32 normalised map, ``y`` ``(P,)`` float32
+    parameters in unit-cube coordinates, ``sim_id`` int64.
+
+    ``augment=True`` applies one of the 8 dihedral transforms drawn on the fly (training only).
+    """
+
+    def __init__(self, source, indices: np.ndarray, normalizer: Normalizer, param_columns: Sequence[int],
+                 priors: Sequence[Prior], augment: bool = False):
+        self.source = source
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.normalizer = normalizer
+        self.augment = augment
+        theta = source.params[:, list(param_columns)]
+        self.sim_targets = to_unit(theta, priors).astype(np.float32)  # (n_sims, P)
+        self.maps_per_sim = source.maps_per_sim
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int):
+        idx = int(self.indices[i])
+        x = torch.from_numpy(self.normalizer(self.source.read_one(idx)))
+        if self.augment:
+            x = dihedral(x, int(torch.randint(8, ()).item()))
+        sim = idx // self.maps_per_sim
+        return x.contiguous(), torch.from_numpy(self.sim_targets[sim]), torch.tensor(sim, dtype=torch.int64)
