@@ -108,8 +108,9 @@ class CMDDataModule(pl.LightningDataModule):
         elif len(self.normalizer.mean) != len(self.fields):
             raise InputError(where, f"checkpoint normalisation has {len(self.normalizer.mean)} channels, "
                              f"data.fields has {len(self.fields)}")
-        for k in SPLITS:
-            self.datasets[k] = MapDataset(src, idx[k], self.normalizer, self.param_columns, self.priors,
+        idx["all"] = np.arange(src.n_maps)
+        for k, ind in idx.items():
+            self.datasets[k] = MapDataset(src, ind, self.normalizer, self.param_columns, self.priors,
                                           augment=self.augment and k == "train")
 
     def _log_flags(self, src) -> list[bool]:
@@ -142,8 +143,8 @@ class CMDDataModule(pl.LightningDataModule):
         return self._loader(self.datasets["test"], self.eval_batch_size, train=False)
 
     def split_dataloader(self, split: str) -> DataLoader:
-        if split not in SPLITS:
-            raise InputError("split", f"unknown split {split!r}; choose one of {list(SPLITS)}")
+        if split not in self.datasets:
+            raise InputError("split", f"unknown split {split!r}; choose one of {list(SPLITS) + ['all']}")
         return self._loader(self.datasets[split], self.eval_batch_size, train=False)
 
     # ------------------------------------------------------------------ metadata for checkpoints
@@ -155,6 +156,10 @@ class CMDDataModule(pl.LightningDataModule):
             "split": {k: self.split[k] for k in ("seed", "fractions", "n_sims", *SPLITS) if k in self.split},
             "suite": self.suite, "set": self.set, "grid": int(self.source.grid),
             "maps_per_sim": int(self.source.maps_per_sim),
+            "root": None if self.root is None else str(Path(self.root).resolve()),
+            "h5_path": None if self.h5_path is None else str(Path(self.h5_path).resolve()),
+            "manifest": self.manifest,
+            "simulator": dict(getattr(getattr(self.source, "manifest", None), "extra", {}) or {}).get("simulator"),
         }
 
     def to_physical(self, y_unit: np.ndarray | torch.Tensor) -> np.ndarray:

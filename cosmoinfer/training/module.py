@@ -1,0 +1,110 @@
+"""The LightningModule: a network, a likelihood head, and what a checkpoint must carry.
+
+Training runs in normalised parameter units (the unit cube of the prior); per-parameter RMSEs
+are logged in physical units. Everything evaluation needs (model and loss configs, field and
+parameter names, priors, normalisation statistics, the split) is stored as plain data under
+``checkpoint["cosmoinfer"]``, so a checkpoint loads with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import hydra
+import pytorch_lightning as pl
+import torch
+import torchmetrics
+
+from cosmoinfer.models.likelihoods import Likelihood
+from cosmoinfer.models.network import Network
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the training loss becomes NaN or inf (weights are left untouched)."""
+
+
+def unit_to_physical_torch(u: torch.Tensor, low: torch.Tensor, high: torch.Tensor, is_log: torch.Tensor):
+    """Torch twin of :func:`cosmoinfer.data.priors.from_unit` for ``(B, P)`` tensors."""
+    x = low + u * (high - low)
+    return torch.where(is_log, torch.exp(x), x)
+
+
+class PosteriorModule(pl.LightningModule):
+    """Lightning wrapper around a :class:`Network` and a :class:`Likelihood`.
+
+    ``meta`` holds the plain-data description saved in every checkpoint (see
+    :func:`cosmoinfer.training.checkpoint.load_checkpoint`). ``optimizer`` and ``scheduler`` are
+    plain config dicts with Hydra ``_target_`` / ``_partial_`` keys.
+    """
+
+    def __init__(self, network: Network, likelihood: Likelihood, meta: dict, optimizer: dict,
+                 scheduler: dict | None = None):
+        super().__init__()
+        self.network, self.likelihood, self.meta = network, likelihood, meta
+        self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
+        priors = meta["data"]["priors"]
+        self.param_names = [p["name"] for p in priors]
+        is_log = [p["distribution"] == "log-uniform" for p in priors]
+        lo = [math.log(p["low"]) if lg else p["low"] for p, lg in zip(priors, is_log)]
+        hi = [math.log(p["high"]) if lg else p["high"] for p, lg in zip(priors, is_log)]
+        self.register_buffer("p_low", torch.tensor(lo), persistent=False)
+        self.register_buffer("p_high", torch.tensor(hi), persistent=False)
+        self.register_buffer("p_log", torch.tensor(is_log), persistent=False)
+        self.val_loss = torchmetrics.MeanMetric()
+        self.val_mse = torchmetrics.MetricCollection(
+            {f"rmse_{n}": torchmetrics.MeanSquaredError(squared=False) for n in self.param_names})
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.network(x)
+
+    def training_step(self, batch, batch_idx):
+        x, y, _ = batch
+        loss = self.likelihood.loss(self.network(x), y)
+        if not torch.isfinite(loss):
+            raise NonFiniteLossError(
+                f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step}; "
+                "training stopped before the update, the last good checkpoint is kept "
+                "(try a lower optimizer.lr, gradient clipping, or a larger loss.min_std)")
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
+        return loss
+
+    def validation_step(self, batch, batch_idx):
+        x, y, _ = batch
+        raw = self.network(x)
+        self.val_loss.update(self.likelihood.loss(raw, y), weight=len(x))
+        if self.likelihood.task == "regression":
+            mean = self.likelihood.predict(raw)["mean"]
+            phys_pred = unit_to_physical_torch(mean, self.p_low, self.p_high, self.p_log)
+            phys_true = unit_to_physical_torch(y, self.p_low, self.p_high, self.p_log)
+            for j, n in enumerate(self.param_names):
+                self.val_mse[f"rmse_{n}"].update(phys_pred[:, j], phys_true[:, j])
+
+    def on_validation_epoch_end(self):
+        # torchmetrics states are summed over ranks, so uneven DDP shards are weighted correctly
+        self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=False)
+        self.val_loss.reset()
+        if self.likelihood.task == "regression":
+            for k, v in self.val_mse.compute().items():
+                self.log(f"val/{k}", v)
+            self.val_mse.reset()
+
+    def configure_optimizers(self):
+        opt = hydra.utils.instantiate(self.optimizer_cfg)(self.parameters())
+        if not self.scheduler_cfg:
+            return opt
+        cfg = dict(self.scheduler_cfg)
+        interval = cfg.pop("interval", "epoch")
+        monitor = cfg.pop("monitor", "val/loss")
+        sched_cfg = dict(cfg.pop("scheduler"))
+        for key, value in list(sched_cfg.items()):
+            if value == "auto":  # lengths that depend on the run
+                steps = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
+                sched_cfg[key] = int(steps)
+        sched = hydra.utils.instantiate(sched_cfg)(opt)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval, "monitor": monitor}}
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["cosmoinfer"] = self.meta

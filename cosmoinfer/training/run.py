@@ -1,0 +1,86 @@
+"""Build and run a training job from a composed Hydra config (the body of ``cosmoinfer-train``)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import hydra
+import pytorch_lightning as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from cosmoinfer.data.datamodule import CMDDataModule
+from cosmoinfer.errors import InputError
+from cosmoinfer.models.likelihoods import build_likelihood
+from cosmoinfer.models.network import build_network
+from cosmoinfer.training.callbacks import AtomicCheckpointIO
+from cosmoinfer.training.checkpoint import read_checkpoint
+from cosmoinfer.training.module import PosteriorModule
+
+log = logging.getLogger("cosmoinfer.train")
+
+
+def _container(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg or {})
+
+
+def build_datamodule(cfg: DictConfig, out_dir: Path) -> CMDDataModule:
+    return CMDDataModule(**_container(cfg.data), out_dir=str(out_dir))
+
+
+def build_module(cfg: DictConfig, dm: CMDDataModule) -> PosteriorModule:
+    """Network + likelihood + the plain-data metadata every checkpoint carries."""
+    model_cfg, loss_cfg = _container(cfg.model), _container(cfg.loss)
+    likelihood = build_likelihood(n_params=len(dm.param_names), **loss_cfg)
+    network = build_network(in_channels=len(dm.fields), grid=dm.source.grid, n_outputs=likelihood.n_outputs,
+                            **model_cfg)
+    network.set_input_stats(torch.tensor(dm.normalizer.mean), torch.tensor(dm.normalizer.std),
+                            torch.tensor(dm.normalizer.log))
+    meta = {"version": 1, "model": model_cfg, "loss": loss_cfg, "data": dm.state(), "seed": int(cfg.seed)}
+    scheduler = _container(cfg.scheduler) if cfg.get("scheduler") else None
+    return PosteriorModule(network, likelihood, meta, _container(cfg.optimizer), scheduler)
+
+
+def build_trainer(cfg: DictConfig, out_dir: Path) -> pl.Trainer:
+    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    trainer_cfg = _container(cfg.trainer)
+    if trainer_cfg.get("strategy") == "ddp" and trainer_cfg.get("accelerator") == "cpu":
+        from pytorch_lightning.strategies import DDPStrategy
+
+        trainer_cfg["strategy"] = DDPStrategy(process_group_backend="gloo")
+    # our DataModule shards the data itself: training with a DistributedSampler, evaluation unpadded
+    return hydra.utils.instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False,
+                                   default_root_dir=str(out_dir), use_distributed_sampler=False,
+                                   plugins=[AtomicCheckpointIO()])
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train one network; returns the best ``val/loss`` (the value an Optuna sweep minimises)."""
+    out_dir = Path(cfg.out_dir)
+    pl.seed_everything(int(cfg.seed), workers=True)
+    last = out_dir / "checkpoints" / "last.ckpt"
+    ckpt_path = None
+    dm_kwargs = {}
+    if cfg.get("resume") and last.is_file():
+        ckpt = read_checkpoint(last)  # refuses pickled code before Lightning touches the file
+        dm_kwargs = {"split": ckpt["cosmoinfer"]["data"]["split"]}
+        ckpt_path = str(last)
+        log.info("resuming from %s (epoch %s)", last, ckpt.get("epoch"))
+    dm = build_datamodule(cfg, out_dir)
+    if dm_kwargs:
+        dm.split = dm_kwargs["split"]
+    dm.setup("fit")
+    if len(dm.datasets["val"]) == 0:
+        raise InputError(cfg.data.root, "the validation split is empty; use more simulations or change "
+                         "data.split_fractions")
+    module = build_module(cfg, dm)
+    trainer = build_trainer(cfg, out_dir)
+    trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
+    ckpt_cb = trainer.checkpoint_callback
+    score = ckpt_cb.best_model_score if ckpt_cb is not None else None
+    if trainer.is_global_zero:
+        log.info("finished: best checkpoint %s (val/loss %s) in %s", getattr(ckpt_cb, "best_model_path", None),
+                 None if score is None else float(score), out_dir)
+    return None if score is None else float(score)
