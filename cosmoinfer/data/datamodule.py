@@ -131,7 +131,8 @@ class CMDDataModule(pl.LightningDataModule):
             sampler, shuffle = (ShardSampler(len(ds)) if distributed else None), False
         return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.persistent_workers, drop_last=False)
+                          persistent_workers=self.persistent_workers,
+                          drop_last=train and len(ds) > batch_size)  # BatchNorm needs batches of > 1
 
     def train_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["train"], self.batch_size, train=True)

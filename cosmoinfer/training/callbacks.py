@@ -1,13 +1,17 @@
-"""Callbacks and plugins the library does not ship: gradient-norm logging and atomic checkpoints."""
+"""What Lightning does not ship: gradient-norm logging, atomic checkpoints, an appending CSV logger."""
 
 from __future__ import annotations
 
+import csv
 import os
 import tempfile
 from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
+from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import grad_norm
 
@@ -33,6 +37,25 @@ class GradNormLogger(pl.Callback):
         pl_module.log_dict({f"grad/{k}": v for k, v in norms.items()}, on_step=True, on_epoch=False)
 
 
+class NonFiniteGuard(pl.Callback):
+    """Stop with a clear message as soon as the weights stop being finite.
+
+    The loss itself is checked in ``training_step`` before the update; this catches an update
+    that overflowed. Lightning runs checkpoint callbacks last, so no checkpoint with non-finite
+    weights is ever written: the last good one is kept.
+    """
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        from cosmoinfer.training.module import NonFiniteLossError
+
+        for name, p in pl_module.named_parameters():
+            if not torch.isfinite(p).all():
+                raise NonFiniteLossError(
+                    f"non-finite weights ({name}) after step {trainer.global_step} at epoch "
+                    f"{trainer.current_epoch}; training stopped, the last good checkpoint is kept "
+                    "(try a lower optimizer.lr or trainer.gradient_clip_val)")
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write each checkpoint to a temporary file in the same folder, then ``os.replace`` it.
 
@@ -53,3 +76,31 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+
+
+class ResumableCSVLogger(CSVLogger):
+    """Lightning's :class:`CSVLogger`, except that an existing ``metrics.csv`` is appended to.
+
+    The stock writer deletes ``metrics.csv`` when its folder is not empty, which would erase the
+    history of a run continued with ``resume=true``.
+    """
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+class _AppendingWriter(ExperimentWriter):
+    def __init__(self, log_dir: str):
+        super().__init__(log_dir)
+        if self._fs.isfile(self.metrics_file_path):  # continue the existing header
+            with self._fs.open(self.metrics_file_path, "r", newline="") as fh:
+                header = next(csv.reader(fh), [])
+            self.metrics_keys = sorted(set(header))
+
+    def _check_log_dir_exists(self) -> None:  # keep previous metrics (the writer appends)
+        pass

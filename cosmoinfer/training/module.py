@@ -65,7 +65,7 @@ class PosteriorModule(pl.LightningModule):
         loss = self.likelihood.loss(self.network(x), y)
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
-                f"non-finite training loss ({loss.item()}) at epoch {self.current_epoch}, step {self.global_step}; "
+                f"non-finite training loss ({loss.item()}) at step {self.global_step}, epoch {self.current_epoch}, step {self.global_step}; "
                 "training stopped before the update, the last good checkpoint is kept "
                 "(try a lower optimizer.lr, gradient clipping, or a larger loss.min_std)")
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))

@@ -14,7 +14,7 @@ from cosmoinfer.data.datamodule import CMDDataModule
 from cosmoinfer.errors import InputError
 from cosmoinfer.models.likelihoods import build_likelihood
 from cosmoinfer.models.network import build_network
-from cosmoinfer.training.callbacks import AtomicCheckpointIO
+from cosmoinfer.training.callbacks import AtomicCheckpointIO, NonFiniteGuard
 from cosmoinfer.training.checkpoint import read_checkpoint
 from cosmoinfer.training.module import PosteriorModule
 
@@ -43,7 +43,7 @@ def build_module(cfg: DictConfig, dm: CMDDataModule) -> PosteriorModule:
 
 
 def build_trainer(cfg: DictConfig, out_dir: Path) -> pl.Trainer:
-    callbacks = [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
+    callbacks = [NonFiniteGuard()] + [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
     loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     trainer_cfg = _container(cfg.trainer)
     if trainer_cfg.get("strategy") == "ddp" and trainer_cfg.get("accelerator") == "cpu":

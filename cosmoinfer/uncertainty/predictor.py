@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cosmoinfer.calibration.mixture import mixture_moments
+from cosmoinfer.calibration.mixture import mixture_cov, mixture_moments
 from cosmoinfer.data.priors import Prior, gaussian_to_physical
 from cosmoinfer.data.transforms import dihedral
 from cosmoinfer.errors import InputError
@@ -192,9 +192,7 @@ class Predictor:
         mean, var, alea, epi = mixture_moments(all_mean, all_var)
         cov = None
         if covs[0] is not None:
-            all_cov = np.concatenate(covs)
-            cov = (all_cov + np.einsum("kni,knj->knij", all_mean, all_mean)).mean(0) - np.einsum(
-                "ni,nj->nij", mean, mean)
+            cov = mixture_cov(all_mean, np.concatenate(covs))[1]
         truth = None
         if truths:
             from cosmoinfer.data.priors import from_unit

@@ -1,0 +1,482 @@
+"""Build the calibration report: ``metrics.json``, PNG figures and one self-contained ``report.html``.
+
+:func:`build_report` reads one or more ``predictions.h5`` files (e.g. single network, deep
+ensemble, MC dropout), computes the metrics of :mod:`~cosmoinfer.calibration.metrics`, fits the
+recalibrators of :mod:`~cosmoinfer.calibration.recalibration` on the validation predictions (or, if
+none are given, on a random half of the test predictions, judged on the other half, and says so),
+writes one verdict per parameter, and renders everything.
+
+Everything is computed and rendered in memory first; files are then written one by one with
+atomic renames, ``report.html`` last, so an error never leaves a half-written file and a
+``report.html`` that exists is always complete.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import json
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+from cosmoinfer.calibration import figures as figs
+from cosmoinfer.calibration.metrics import (
+    DEFAULT_LEVELS,
+    REPORTED_LEVELS,
+    _level_key,
+    classification_metrics,
+    compute_metrics,
+    coverage,
+    coverage_error,
+    coverage_tolerance,
+)
+from cosmoinfer.calibration.metrics import pit as gaussian_pit
+from cosmoinfer.calibration.predictions import Predictions, read_predictions
+from cosmoinfer.calibration.recalibration import IsotonicCalibrator, fit_std_scaling, pava
+from cosmoinfer.calibration.verdict import verdict
+from cosmoinfer.errors import InputError, atomic_path
+
+TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
+TEMPLATE_NAME = "report.html.j2"
+#: Smallest test set the report accepts (recalibration without validation needs two halves).
+MIN_ITEMS = 4
+
+
+@dataclass
+class ReportPaths:
+    """What :func:`build_report` wrote: ``html``, ``metrics`` and the PNG ``figures``."""
+
+    html: Path
+    metrics: Path
+    figures: list[Path] = field(default_factory=list)
+
+
+@dataclass
+class _Figure:
+    key: str
+    title: str
+    caption: str
+    png: bytes
+    file: str = ""
+
+    @property
+    def data_uri(self) -> str:
+        return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _as_list(x) -> list | None:
+    if x is None:
+        return None
+    if isinstance(x, (str, os.PathLike)):
+        return [x]
+    return list(x)
+
+
+def _slug(s: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", s).strip("_") or "method"
+
+
+def _jsonable(x: Any) -> Any:
+    """Plain-JSON copy: numpy scalars/arrays to Python, NaN/inf to ``None``."""
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _jsonable(x.tolist())
+    if isinstance(x, (np.integer,)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        x = float(x)
+        return x if math.isfinite(x) else None
+    return x
+
+
+def _fmt(x, digits: int = 4) -> str:
+    if x is None:
+        return "–"
+    if isinstance(x, (int, np.integer)):
+        return str(x)
+    x = float(x)
+    if not math.isfinite(x):
+        return "–"
+    return f"{x:.{digits}g}"
+
+
+def _default_labels(preds: Sequence[Predictions]) -> list[str]:
+    labels = [p.method for p in preds]
+    if len(set(labels)) < len(labels):
+        labels = [f"{p.method} ({Path(p.path).parent.name or Path(p.path).stem})" for p in preds]
+    if len(set(labels)) < len(labels):
+        labels = [f"{lab} #{i + 1}" for i, lab in enumerate(labels)]
+    return labels
+
+
+# --------------------------------------------------------------------------- per-method analysis
+
+
+def _split_fit_eval(pred: Predictions, val: Predictions | None, rng: np.random.Generator):
+    if val is not None:
+        return val, pred, (f"fitted on the validation predictions ({val.path}, n={val.n}) and judged on all "
+                           f"{pred.n} test items")
+    perm = rng.permutation(pred.n)
+    half = pred.n // 2
+    fit, ev = pred.subset(np.sort(perm[:half])), pred.subset(np.sort(perm[half:]))
+    return fit, ev, (f"fitted on a random half of the test predictions (n={fit.n}) and judged on the other "
+                     f"half (n={ev.n}), because no validation predictions were given")
+
+
+def _recalibrate(pred: Predictions, val: Predictions | None, levels, rng, opts: dict):
+    """Variance scaling and isotonic recalibration: fitted on ``val`` (or a half), judged on the rest."""
+    fit, ev, fit_on = _split_fit_eval(pred, val, rng)
+    names = pred.param_names
+    lv = np.asarray(levels, dtype=np.float64)
+    s = fit_std_scaling(fit.truth, fit.mean, fit.std)
+    iso = IsotonicCalibrator.from_pit(gaussian_pit(fit.truth, fit.mean, fit.std))
+    before = coverage(ev.truth, ev.mean, ev.std, lv)
+    before_rep = coverage(ev.truth, ev.mean, ev.std, REPORTED_LEVELS)
+    err_before = coverage_error(before, lv)
+    after_m, after_a = compute_metrics(ev.scaled(s), lv, rng, return_arrays=True, **opts)
+    pit_ev = gaussian_pit(ev.truth, ev.mean, ev.std)
+    iso_cov = iso.recalibrated_coverage_from_pit(pit_ev, lv)
+    iso_rep = iso.recalibrated_coverage_from_pit(pit_ev, REPORTED_LEVELS)
+    err_iso = coverage_error(iso_cov, lv)
+    tol = coverage_tolerance(ev.n)
+    mean_z = np.mean((ev.truth - ev.mean) / ev.std, axis=0)
+    # Standard error of s from the spread of z² on the fitting set (robust to heavy tails).
+    z2 = ((fit.truth - fit.mean) / fit.std) ** 2
+    scale_se = np.std(z2, axis=0) / np.sqrt(fit.n) / (2 * s)
+    block = {
+        "method": "variance scaling",
+        "fit_on": fit_on,
+        "n_fit": fit.n,
+        "n": ev.n,
+        "coverage_tolerance": tol,
+        "scale": {nm: float(s[j]) for j, nm in enumerate(names)},
+        "scale_se": {nm: float(scale_se[j]) for j, nm in enumerate(names)},
+        "params": after_m["params"],
+        "joint": after_m["joint"],
+        "before": {nm: {"coverage": {_level_key(lvl): float(before_rep[i, j]) for i, lvl in enumerate(REPORTED_LEVELS)},
+                        "coverage_error": float(err_before[j])} for j, nm in enumerate(names)},
+        "isotonic": {nm: {"coverage": {_level_key(lvl): float(iso_rep[i, j]) for i, lvl in enumerate(REPORTED_LEVELS)},
+                          "coverage_error": float(err_iso[j])} for j, nm in enumerate(names)},
+    }
+    verdicts = [
+        verdict(nm, float(s[j]), float(err_before[j]), float(after_m["params"][nm]["coverage_error"]), tol,
+                err_isotonic=float(err_iso[j]), mean_z=float(mean_z[j]), n=ev.n, n_fit=fit.n,
+                scale_se=float(scale_se[j]))
+        for j, nm in enumerate(names)
+    ]
+    curves = {"original": before, f"variance scaling (s fitted on {'val' if val is not None else 'half'})":
+              after_a["coverage_curve"], "isotonic": iso_cov}
+    return block, verdicts, curves, ev.n
+
+
+def _exact_block(pred: Predictions) -> dict | None:
+    if not ("exact_mean" in pred.extra and "exact_std" in pred.extra):
+        return None
+    em, es = pred.extra["exact_mean"], pred.extra["exact_std"]
+    out = {}
+    for j, nm in enumerate(pred.param_names):
+        mse_net = float(np.mean((pred.mean[:, j] - pred.truth[:, j]) ** 2))
+        mse_ex = float(np.mean((em[:, j] - pred.truth[:, j]) ** 2))
+        out[nm] = {
+            "mse_network": mse_net,
+            "mse_exact": mse_ex,
+            "efficiency": mse_ex / mse_net if mse_net > 0 else None,
+            "median_std_ratio": float(np.median(pred.std[:, j] / es[:, j])),
+            "rms_mean_offset_in_exact_std": float(np.sqrt(np.mean(((pred.mean[:, j] - em[:, j]) / es[:, j]) ** 2))),
+            "exact_coverage_error": float(coverage_error(coverage(pred.truth[:, j:j + 1], em[:, j:j + 1],
+                                                                  es[:, j:j + 1]))[0]),
+        }
+    return out
+
+
+def _analyse_regression(label: str, pred: Predictions, val: Predictions | None, levels, rng, opts, dpi):
+    names = pred.param_names
+    metrics, arrays = compute_metrics(pred, levels, rng, return_arrays=True, **opts)
+    recal, verdicts, curves, n_eval = _recalibrate(pred, val, levels, rng, opts)
+    metrics["label"] = label
+    metrics["split"] = pred.split
+    if pred.path:
+        metrics["path"] = pred.path
+    for k in ("n_members", "n_samples"):
+        if getattr(pred, k) is not None:
+            metrics[k] = getattr(pred, k)
+    metrics["recalibrated"] = recal
+    metrics["verdicts"] = {v.param: v.to_dict() for v in verdicts}
+    exact = _exact_block(pred)
+    if exact is not None:
+        metrics["exact"] = exact
+
+    f: list[_Figure] = [
+        _Figure("truth_vs_pred", "Truth vs prediction",
+                "Predicted mean ± 1σ against the true value (subsample of at most 400 items).",
+                figs.truth_vs_prediction(pred.truth, pred.mean, pred.std, names, rng=rng, dpi=dpi)),
+        _Figure("calibration", "Calibration curve",
+                f"Empirical vs nominal coverage of central intervals on the {n_eval} held-out items, before and "
+                "after recalibration; grey: 95% binomial band of a calibrated predictor.",
+                figs.calibration_curves(levels, curves, n_eval, names, dpi=dpi)),
+        _Figure("pit", "PIT histogram",
+                "Flat if calibrated; ∪-shaped when intervals are too narrow, ∩-shaped when too wide, tilted when biased.",
+                figs.pit_histogram(arrays["pit"], names, dpi=dpi)),
+        _Figure("zscore", "z-scores", "Histogram of (truth − mean)/std against N(0, 1).",
+                figs.zscore_histogram(arrays["z"], names, dpi=dpi)),
+        _Figure("tarp", "TARP", "Expected coverage of random-reference balls (Lemos et al. 2023) with 95% "
+                "bootstrap band; below the diagonal at high α: overconfident, above: underconfident.",
+                figs.tarp_curve({label: arrays["tarp"]}, dpi=dpi)),
+        _Figure("std_vs_error", "Predicted std vs |error|",
+                "Each dot one item; red: RMSE in bins of predicted std against the RMS std (honest widths follow "
+                "the dashed line).", figs.std_vs_error(pred.truth, pred.mean, pred.std, names, dpi=dpi)),
+    ]
+    if pred.has_members or np.any(pred.std_epistemic > 0):
+        f.append(_Figure("aleatoric_epistemic", "Aleatoric vs epistemic",
+                         "Per-item split of the predictive std into aleatoric (mean member variance) and epistemic "
+                         "(spread of member means) parts.",
+                         figs.aleatoric_epistemic(pred.std_aleatoric, pred.std_epistemic, names, dpi=dpi)))
+    if pred.cov is not None and pred.p >= 2:
+        f.append(_Figure("corner", "Posterior ellipses",
+                         "Full-covariance posteriors of three random items, parameter pairs.",
+                         figs.corner(pred.truth, pred.mean, pred.cov, names, rng=rng, dpi=dpi)))
+    if exact is not None:
+        f.append(_Figure("exact", "Network vs exact posterior",
+                         "Network mean and std against the exact GRF posterior of each map.",
+                         figs.exact_comparison(pred.truth, pred.mean, pred.std, pred.extra["exact_mean"],
+                                               pred.extra["exact_std"], names, dpi=dpi)))
+    return metrics, f, verdicts, arrays, curves
+
+
+def _fit_prob_isotonic(p_fit: np.ndarray, y_fit: np.ndarray):
+    order = np.argsort(p_fit, kind="stable")
+    x, y = p_fit[order], pava(y_fit[order])
+    ux, last = np.unique(x[::-1], return_index=True)
+    uy = y[::-1][last]
+    return lambda p: np.interp(p, ux, uy)
+
+
+def _analyse_classification(label: str, pred: Predictions, val: Predictions | None, rng, dpi):
+    name = pred.param_names[0]
+    before = classification_metrics(pred.truth, pred.mean)
+    fit, ev, fit_on = _split_fit_eval(pred, val, rng)
+    f = _fit_prob_isotonic(fit.mean[:, 0], fit.truth[:, 0])
+    after = classification_metrics(ev.truth[:, 0], f(ev.mean[:, 0]))
+    ev_before = classification_metrics(ev.truth[:, 0], ev.mean[:, 0])
+    metrics = {
+        "method": pred.method, "n": pred.n, "task": "classification", "label": label, "split": pred.split,
+        "params": {name: before}, "joint": {},
+        "recalibrated": {"method": "isotonic (probability)", "fit_on": fit_on, "n_fit": fit.n, "n": ev.n,
+                         "params": {name: after}, "joint": {}, "before": {name: ev_before}},
+    }
+    if pred.path:
+        metrics["path"] = pred.path
+    figures = [_Figure("reliability", "Reliability diagram",
+                       "Observed frequency of class 1 against predicted probability (held-out items for the "
+                       "recalibrated curve).",
+                       figs.reliability_diagram({"original": before["reliability"],
+                                                 "isotonic": after["reliability"]}, dpi=dpi))]
+    return metrics, figures
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _summary_rows(m: dict) -> list[dict]:
+    rows = []
+    rec = m.get("recalibrated", {})
+    for nm, d in m["params"].items():
+        rows.append({
+            "param": nm,
+            "cells": [_fmt(d.get(k)) for k in ("rmse", "r2", "mean_rel_err", "chi2", "nll", "crps")]
+            + [_fmt(d["coverage"].get("0.68")), _fmt(d["coverage"].get("0.95")), _fmt(d["coverage_error"]),
+               _fmt(d["mean_std"]), _fmt(rec.get("scale", {}).get(nm)),
+               _fmt(rec.get("params", {}).get(nm, {}).get("coverage_error")),
+               _fmt(rec.get("isotonic", {}).get(nm, {}).get("coverage_error"))],
+        })
+    return rows
+
+
+SUMMARY_HEADER = ["parameter", "RMSE", "R²", "mean rel. err", "χ²", "NLL", "CRPS", "cov 68%", "cov 95%",
+                  "coverage error", "mean σ", "scale s", "cov. err. after scaling", "cov. err. isotonic"]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file next to it, renamed when complete)."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
+def _render(context: dict) -> str:
+    env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=select_autoescape(["html", "j2"]),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["fmt"] = _fmt
+    return env.get_template(TEMPLATE_NAME).render(**context)
+
+
+def build_report(
+    predictions: str | os.PathLike | Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    val_predictions: str | os.PathLike | Sequence[str | os.PathLike | None] | None = None,
+    labels: Sequence[str] | None = None,
+    *,
+    levels: Sequence[float] = DEFAULT_LEVELS,
+    seed: int = 0,
+    tarp_refs: int = 1,
+    n_posterior_samples: int = 500,
+    n_bootstrap: int = 100,
+    dpi: int = figs.DPI,
+) -> ReportPaths:
+    """Write ``metrics.json``, ``figures/*.png`` and ``report.html`` into ``out_dir``.
+
+    Args:
+        predictions: one ``predictions.h5`` path or a list (e.g. single, ensemble, MC dropout).
+        out_dir: output folder (created if needed).
+        val_predictions: validation ``predictions.h5`` for each entry of ``predictions``, same order
+            (a single path when there is one predictions file; ``None`` entries allowed). Without
+            one, recalibration is fitted on a random half of the test items and judged on the
+            other half, and the report says so.
+        labels: display names, same order (default: the files' ``method`` attributes).
+        levels: nominal central-interval levels for coverage curves and ``coverage_error``.
+        seed: seeds the local RNG (posterior samples, TARP references, bootstrap, halves).
+        tarp_refs: independent sets of TARP reference points.
+        n_posterior_samples: Gaussian posterior draws per item for TARP and SBC.
+        n_bootstrap: TARP bootstrap resamples.
+        dpi: figure resolution.
+
+    Returns:
+        :class:`ReportPaths`. Bad input raises :class:`~cosmoinfer.errors.InputError`.
+    """
+    paths = _as_list(predictions)
+    if not paths:
+        raise InputError(None, "predictions: no predictions.h5 given")
+    vals = _as_list(val_predictions)
+    if vals is not None and len(vals) != len(paths):
+        raise InputError(None, f"val_predictions: {len(vals)} path(s) for {len(paths)} predictions file(s); "
+                               "give one per predictions file, in the same order")
+    vals = vals or [None] * len(paths)
+    if isinstance(labels, str):
+        labels = [labels]
+    if labels is not None and len(labels) != len(paths):
+        raise InputError(None, f"labels: {len(labels)} label(s) for {len(paths)} predictions file(s)")
+    levels = tuple(float(x) for x in levels)
+    if not levels or any(not 0 < x < 1 for x in levels):
+        raise InputError(None, f"levels: every level must lie strictly between 0 and 1, got {list(levels)}")
+
+    preds = [read_predictions(p) for p in paths]
+    val_preds = [None if v is None else read_predictions(v) for v in vals]
+    tasks = {p.task for p in preds}
+    if len(tasks) > 1:
+        raise InputError(paths[1], "cannot mix classification and regression predictions in one report")
+    for p in preds:
+        if p.n < MIN_ITEMS:
+            raise InputError(p.path, f"dataset 'truth' has {p.n} items; the report needs at least {MIN_ITEMS}")
+    for p, v in zip(preds, val_preds):
+        if v is not None:
+            if v.param_names != p.param_names:
+                raise InputError(v.path, f"attribute 'param_names' is {v.param_names}, but the test predictions "
+                                         f"{p.path} have {p.param_names}")
+            if v.task != p.task:
+                raise InputError(v.path, f"task is {v.task!r} but the test predictions are {p.task!r}")
+    labels = list(labels) if labels is not None else _default_labels(preds)
+    if len(set(labels)) < len(labels):
+        raise InputError(None, f"labels: must be distinct, got {labels}")
+
+    out_dir = Path(out_dir)
+    opts = {"n_posterior_samples": int(n_posterior_samples), "tarp_refs": int(tarp_refs),
+            "n_bootstrap": int(n_bootstrap)}
+    seqs = np.random.SeedSequence(int(seed)).spawn(len(preds))
+    blocks, sections = [], []
+    all_tarp, all_curves = {}, {}
+    for i, (label, pred, val) in enumerate(zip(labels, preds, val_preds)):
+        rng = np.random.default_rng(seqs[i])
+        slug = f"{i + 1}_{_slug(label)}"
+        if pred.task == "classification":
+            m, fig_list = _analyse_classification(label, pred, val, rng, dpi)
+            verdicts, arrays = [], {}
+        else:
+            m, fig_list, verdicts, arrays, _ = _analyse_regression(label, pred, val, levels, rng, opts, dpi)
+            all_tarp[label] = arrays["tarp"]
+            all_curves[label] = arrays
+        for fg in fig_list:
+            fg.file = f"figures/{slug}_{fg.key}.png"
+        blocks.append(m)
+        sections.append({
+            "label": label, "pred": pred, "metrics": m, "figures": fig_list,
+            "verdicts": [v.text for v in verdicts], "statuses": [v.status for v in verdicts],
+            "rows": _summary_rows(m) if pred.task == "regression" else [],
+            "fit_on": m["recalibrated"].get("fit_on", ""), "val_given": val is not None,
+        })
+
+    comparison_figs: list[_Figure] = []
+    comparison_rows: list[dict] = []
+    if len(preds) > 1:
+        for b in blocks:
+            for nm, d in b["params"].items():
+                if b.get("task") == "classification":
+                    cells = [_fmt(d.get(k)) for k in ("accuracy", "log_loss", "brier", "ece")]
+                else:
+                    cells = [_fmt(d.get(k)) for k in ("rmse", "r2", "nll", "crps", "chi2", "coverage_error",
+                                                      "mean_std")]
+                    cells += [_fmt(d["coverage"].get("0.68")), _fmt(d["coverage"].get("0.95")),
+                              _fmt(b["recalibrated"]["scale"][nm]), _fmt(b["joint"].get("tarp_atc")),
+                              _fmt(b["joint"].get("tarp_ks_pvalue"))]
+                comparison_rows.append({"label": b["label"], "param": nm, "cells": cells})
+        if all_curves:
+            common = [nm for nm in preds[0].param_names if all(nm in p.param_names for p in preds)]
+            curves = {lab: a["coverage_curve"][:, [p.param_names.index(nm) for nm in common]]
+                      for (lab, a), p in zip(all_curves.items(), preds)}
+            n_min = min(p.n for p in preds)
+            comparison_figs.append(_Figure(
+                "comparison_calibration", "Calibration of all methods",
+                f"Empirical vs nominal coverage on the test items, before recalibration; grey: 95% binomial band "
+                f"for n={n_min}.", figs.calibration_curves(levels, curves, n_min, common, dpi=dpi)))
+            comparison_figs.append(_Figure("comparison_tarp", "TARP of all methods", "",
+                                           figs.tarp_curve(all_tarp, dpi=dpi)))
+        else:
+            comparison_figs.append(_Figure(
+                "comparison_reliability", "Reliability of all methods", "",
+                figs.reliability_diagram({b["label"]: next(iter(b["params"].values()))["reliability"]
+                                          for b in blocks}, dpi=dpi)))
+        for fg in comparison_figs:
+            fg.file = f"figures/0_{fg.key}.png"
+
+    doc = dict(blocks[0])
+    if len(blocks) > 1:
+        doc["comparison"] = blocks
+    doc["levels"] = list(levels)
+    doc["seed"] = int(seed)
+    doc_json = json.dumps(_jsonable(doc), indent=2, allow_nan=False) + "\n"
+
+    task = preds[0].task
+    comparison_header = (["method", "parameter", "accuracy", "log-loss", "Brier", "ECE"] if task == "classification"
+                         else ["method", "parameter", "RMSE", "R²", "NLL", "CRPS", "χ²", "coverage error", "mean σ",
+                               "cov 68%", "cov 95%", "scale s", "TARP ATC", "TARP KS p"])
+    html = _render({
+        "title": "cosmoinfer calibration report",
+        "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
+        "task": task, "sections": sections, "summary_header": SUMMARY_HEADER,
+        "comparison_rows": comparison_rows, "comparison_header": comparison_header,
+        "comparison_figs": comparison_figs, "levels": levels, "seed": seed, "opts": opts,
+    })
+
+    # All computed: now write, figures first, report.html last.
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fg in comparison_figs + [fg for s in sections for fg in s["figures"]]:
+        target = out_dir / fg.file
+        _write_atomic(target, fg.png)
+        written.append(target)
+    metrics_path = out_dir / "metrics.json"
+    _write_atomic(metrics_path, doc_json.encode())
+    html_path = out_dir / "report.html"
+    _write_atomic(html_path, html.encode())
+    return ReportPaths(html=html_path, metrics=metrics_path, figures=written)

@@ -1,0 +1,86 @@
+"""One-line verdicts on how honest each parameter's widths are.
+
+The verdict rests on two numbers from the held-out set: the coverage error (max |empirical −
+nominal| over the levels) compared with what a calibrated predictor of the same size reaches
+with 95% probability (:func:`~cosmoinfer.calibration.metrics.coverage_tolerance`), and the
+fitted variance-scaling factor ``s`` (``s > 1``: too narrow, ``s < 1``: too wide).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+@dataclass
+class Verdict:
+    """``status`` is ``well calibrated``, ``too narrow``, ``too wide`` or ``miscalibrated``."""
+
+    param: str
+    status: str
+    text: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _pct(x: float) -> str:
+    x = 100 * abs(float(x))
+    return f"{x:.0f}%" if x >= 10 else f"{x:.1f}%"
+
+
+def verdict(param: str, scale: float, err_before: float, err_after: float, tolerance: float, *,
+            err_isotonic: float | None = None, mean_z: float = 0.0, n: int = 0,
+            n_fit: int | None = None, scale_se: float | None = None) -> Verdict:
+    """Verdict for one parameter.
+
+    Args:
+        param: parameter name.
+        scale: fitted width scale ``s`` (fitted on the validation set or the fitting half).
+        err_before: coverage error of the original widths on the evaluation set.
+        err_after: coverage error after scaling by ``s`` on the same set.
+        tolerance: coverage-error tolerance for the evaluation set's size.
+        err_isotonic: coverage error after isotonic recalibration, if computed.
+        mean_z: mean standardised residual (truth − mean)/std on the evaluation set.
+        n: evaluation-set size (for the bias test).
+        n_fit: fitting-set size; scale_se: standard error of ``s`` (default, for Gaussian
+            residuals, ``sqrt(1/(2 n_fit))``). ``s`` differs significantly from 1 beyond 2 SE.
+
+    Well calibrated needs both: coverage error within tolerance and ``s`` compatible with 1.
+    """
+    n_fit = n if n_fit is None else n_fit
+    if scale_se is None:
+        scale_se = np.sqrt(1.0 / (2 * max(n_fit, 1)))
+    scale_ok = abs(scale - 1) <= 2.0 * scale_se
+    cov_ok = err_before <= tolerance
+    bias = ""
+    if n > 0 and abs(mean_z) > max(0.1, 3.0 / np.sqrt(n)):
+        direction = "low" if mean_z > 0 else "high"  # truth above the mean: predictions too low
+        bias = f"; means biased {direction} by {abs(mean_z):.2f}σ"
+    tol_txt = f"tolerance {_pct(tolerance)} for n={n}" if n else f"tolerance {_pct(tolerance)}"
+    if cov_ok and scale_ok:
+        return Verdict(param, "well calibrated",
+                       f"{param} well calibrated: coverage within {_pct(err_before)} of nominal "
+                       f"({tol_txt}); fitted scale {scale:.2f}{bias}")
+    if not cov_ok and scale_ok:
+        fix = f"; isotonic recalibration brings it to {_pct(err_isotonic)}" if err_isotonic is not None else ""
+        return Verdict(param, "miscalibrated",
+                       f"{param} miscalibrated: coverage off by {_pct(err_before)} ({tol_txt}) although the "
+                       f"overall width is right (scale {scale:.2f}), so the errors are not Gaussian-shaped"
+                       f"{bias}{fix}")
+    slightly = "slightly " if cov_ok else ""
+    if scale > 1:
+        status, head = "too narrow", f"{param} intervals {slightly}too narrow by {_pct(scale - 1)}"
+    else:
+        status, head = "too wide", f"{param} intervals {slightly}too wide by {_pct(1 / scale - 1)}"
+    if cov_ok:
+        head += f" (coverage within {_pct(err_before)}, inside the {tol_txt}, but the scale is significant)"
+    if err_after <= tolerance:
+        verb = "keeps coverage within" if cov_ok else "fixes coverage to within"
+        tail = f"; scaling by {scale:.2f} {verb} {_pct(err_after)}"
+    else:
+        tail = f"; scaling by {scale:.2f} leaves coverage off by {_pct(err_after)} ({tol_txt})"
+        if err_isotonic is not None:
+            tail += f"; isotonic recalibration reaches {_pct(err_isotonic)}"
+    return Verdict(param, status, head + tail + bias)

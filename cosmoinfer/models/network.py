@@ -1,0 +1,179 @@
+"""A network = backbone (maps -> features) + head (features -> raw likelihood outputs).
+
+:func:`build_network` is the one entry point used by training (``conf/model/*.yaml``)::
+
+    net = build_network(in_channels=C, grid=H, n_outputs=likelihood.n_outputs, **cfg.model)
+
+Shapes: input ``(B, C, H, W)`` normalised maps (per channel optional ``log10``, then
+``(x - mean) / std``); ``backbone(x)`` -> ``(B, F)``; ``head`` -> ``(B, n_outputs)`` raw outputs
+whose meaning (mean, scale, Cholesky entries, logits) the likelihood defines.
+
+The split matters for MC dropout: when :attr:`Network.dropout_in_head_only` is true the backbone
+is deterministic in eval mode, so it can run once and the head ``T`` times.
+
+Architectures (``arch``) and their options (defaults in brackets):
+
+* ``cmd_cnn``: ``hidden`` [16], ``dropout`` [0.2], ``max_channels`` [512], ``pool`` [conv | avg]
+  (:class:`~cosmoinfer.models.backbones.CMDBackbone`; head: dropout, FC(F -> F/2), LeakyReLU,
+  dropout, FC(F/2 -> n_outputs), as in CMD).
+* ``resnet``: ``depth`` [[2, 2, 2, 2]], ``width`` [16], ``max_channels`` [512], ``dropout`` [0.2],
+  ``dropout_in_blocks`` [false], ``head_hidden`` [F]
+  (:class:`~cosmoinfer.models.backbones.ResNetBackbone`; head as for cmd_cnn with ``head_hidden``).
+* ``ps_mlp``: ``n_bins`` [16], ``overdensity`` [true], ``hidden`` [128], ``n_layers`` [2], ``dropout`` [0.2]
+  (:class:`~cosmoinfer.models.power_spectrum_net.PowerSpectrumBackbone`; head: ``n_layers`` x
+  (FC, LeakyReLU, dropout), FC -> n_outputs).
+
+Common options: ``init`` [kaiming_normal | xavier | lecun | pytorch] (see
+:mod:`cosmoinfer.models.init`), ``init_out_scale`` [0.1] (factor on the head's last layer
+weights after init, so raw outputs start near 0), ``channels_last`` [false] (store conv weights,
+and convert inputs, in ``torch.channels_last`` memory format: faster convolutions on recent GPUs
+with AMP).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from cosmoinfer.errors import InputError
+from cosmoinfer.models.backbones import CMDBackbone, ResNetBackbone, has_dropout
+from cosmoinfer.models.init import LEAKY_SLOPE, init_weights
+from cosmoinfer.models.power_spectrum_net import PowerSpectrumBackbone
+
+
+class MLPHead(nn.Module):
+    """Fully connected head ``(B, in_features) -> (B, n_outputs)``.
+
+    ``[Dropout] -> (Linear -> LeakyReLU(0.2) -> Dropout) x len(hidden) -> Linear``; the leading
+    dropout on the features is applied when ``input_dropout`` (CMD drops the flattened features).
+    The last layer has no activation: its outputs are the likelihood's raw outputs.
+    """
+
+    def __init__(self, in_features: int, hidden: Sequence[int], n_outputs: int, dropout: float = 0.0,
+                 input_dropout: bool = False):
+        super().__init__()
+        if not 0.0 <= dropout < 1.0:
+            raise InputError(None, f"model.dropout must be in [0, 1), got {dropout}")
+        layers: list[nn.Module] = []
+        if input_dropout and dropout > 0:
+            layers.append(nn.Dropout(dropout))
+        width = in_features
+        for h in hidden:
+            layers += [nn.Linear(width, int(h)), nn.LeakyReLU(LEAKY_SLOPE)]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = int(h)
+        layers.append(nn.Linear(width, n_outputs))
+        self.n_outputs = int(n_outputs)
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.net(features)
+
+
+class Network(nn.Module):
+    """``backbone: (B,C,H,W) -> (B,F)`` features; ``head: (B,F) -> (B,n_outputs)`` raw outputs.
+
+    Attributes: ``arch`` (name), ``hparams`` (the resolved options of :func:`build_network`),
+    ``n_features`` (F), ``n_outputs``, ``channels_last``.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, arch: str = "custom", hparams: dict | None = None,
+                 channels_last: bool = False):
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.arch = arch
+        self.hparams = dict(hparams or {})
+        self.n_features = getattr(backbone, "n_features", None)
+        self.n_outputs = getattr(head, "n_outputs", None)
+        self.channels_last = bool(channels_last)
+        if self.channels_last:
+            self.to(memory_format=torch.channels_last)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Normalised maps ``(B, C, H, W)`` -> raw likelihood outputs ``(B, n_outputs)``."""
+        return self.head(self.features(x))
+
+    def features(self, x: Tensor) -> Tensor:
+        """Backbone features ``(B, F)``."""
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x)
+
+    @property
+    def dropout_in_head_only(self) -> bool:
+        """True if the backbone holds no dropout layer (MC dropout may run it once, the head T times)."""
+        return not has_dropout(self.backbone)
+
+    def set_input_stats(self, mean, std, log) -> None:
+        """Pass the input normalisation (``mean``, ``std``, ``log``, each ``(C,)``) to the backbone if it uses it."""
+        if hasattr(self.backbone, "set_input_stats"):
+            self.backbone.set_input_stats(mean, std, log)
+
+
+def _as_list(v: Any) -> Any:
+    """OmegaConf ``ListConfig`` / tuples -> plain list; scalars unchanged."""
+    if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
+        return v
+    return [x for x in v]
+
+
+#: Options each architecture accepts, with their defaults.
+ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
+    "cmd_cnn": {"hidden": 16, "dropout": 0.2, "max_channels": 512, "pool": "conv"},
+    "resnet": {"depth": [2, 2, 2, 2], "width": 16, "max_channels": 512, "dropout": 0.2,
+               "dropout_in_blocks": False, "head_hidden": None},
+    "ps_mlp": {"n_bins": 16, "overdensity": True, "hidden": 128, "n_layers": 2, "dropout": 0.2},
+}
+
+
+def build_network(arch: str, in_channels: int, grid: int, n_outputs: int, init: str = "kaiming_normal",
+                  channels_last: bool = False, init_out_scale: float = 0.1, **kwargs: Any) -> Network:
+    """Build ``arch`` (``cmd_cnn`` | ``resnet`` | ``ps_mlp``) for ``(B, in_channels, grid, grid)`` inputs.
+
+    ``n_outputs``: raw outputs the likelihood needs (``likelihood.n_outputs``). ``kwargs``: the
+    architecture's options (module docstring); an unknown option raises
+    :class:`~cosmoinfer.errors.InputError` naming the valid ones. Weights are initialised with
+    ``init``, then the head's output layer is multiplied by ``init_out_scale`` so that raw outputs
+    start small (mean ~ 0, scale ~ softplus(0)): the Gaussian NLL then trains the mean instead of
+    first inflating sigma (1.0 keeps the plain scheme). The modules are converted to channels-last
+    memory format if ``channels_last``.
+    """
+    if arch not in ARCH_DEFAULTS:
+        raise InputError(None, f"model.arch: unknown architecture {arch!r}; choose one of {', '.join(ARCH_DEFAULTS)}")
+    unknown = sorted(set(kwargs) - set(ARCH_DEFAULTS[arch]))
+    if unknown:
+        valid = ", ".join([*ARCH_DEFAULTS[arch], "init", "init_out_scale", "channels_last"])
+        raise InputError(None, f"model: unknown option(s) {', '.join(unknown)} for arch {arch}; valid options: {valid}")
+    if int(in_channels) < 1 or int(n_outputs) < 1:
+        raise InputError(None, f"model: need in_channels >= 1 and n_outputs >= 1, got {in_channels}, {n_outputs}")
+    o = {**ARCH_DEFAULTS[arch], **{k: _as_list(v) for k, v in kwargs.items()}}
+    c, g, n = int(in_channels), int(grid), int(n_outputs)
+
+    if arch == "cmd_cnn":
+        backbone = CMDBackbone(c, g, hidden=int(o["hidden"]), max_channels=o["max_channels"], pool=o["pool"])
+        f = backbone.n_features
+        head = MLPHead(f, [max(f // 2, 1)], n, dropout=float(o["dropout"]), input_dropout=True)
+    elif arch == "resnet":
+        backbone = ResNetBackbone(c, g, depth=o["depth"], width=int(o["width"]), max_channels=o["max_channels"],
+                                  dropout=float(o["dropout"]), dropout_in_blocks=bool(o["dropout_in_blocks"]))
+        f = backbone.n_features
+        hh = f if o["head_hidden"] is None else int(o["head_hidden"])
+        head = MLPHead(f, [hh], n, dropout=float(o["dropout"]), input_dropout=True)
+    else:
+        backbone = PowerSpectrumBackbone(c, g, n_bins=int(o["n_bins"]), overdensity=o["overdensity"])
+        head = MLPHead(backbone.n_features, [int(o["hidden"])] * int(o["n_layers"]), n,
+                       dropout=float(o["dropout"]), input_dropout=False)
+    init_weights(backbone, init)
+    init_weights(head, init)
+    with torch.no_grad():
+        head.net[-1].weight.mul_(float(init_out_scale))
+    hparams = {"arch": arch, "in_channels": c, "grid": g, "n_outputs": n, "init": init,
+               "channels_last": bool(channels_last), "init_out_scale": float(init_out_scale), **o}
+    return Network(backbone, head, arch=arch, hparams=hparams, channels_last=bool(channels_last))
+
+
+__all__ = ["Network", "MLPHead", "build_network", "ARCH_DEFAULTS"]

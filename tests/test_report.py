@@ -1,0 +1,336 @@
+"""predictions.h5 I/O, verdicts, the HTML report and the cosmoinfer-report CLI."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+
+from cosmoinfer.calibration import build_report, mixture_moments, read_predictions, write_predictions
+from cosmoinfer.calibration.metrics import coverage_tolerance
+from cosmoinfer.calibration.verdict import verdict
+from cosmoinfer.data.priors import Prior
+from cosmoinfer.errors import InputError
+
+REPO = Path(__file__).resolve().parents[1]
+NAMES = ["Omega_m", "sigma_8"]
+PRIORS = [Prior("Omega_m", 0.1, 0.5), Prior("sigma_8", 0.6, 1.0)]
+FAST = {"n_posterior_samples": 100, "n_bootstrap": 10, "dpi": 40}
+DESIGN_PARAM_KEYS = {"rmse", "r2", "mean_rel_err", "chi2", "nll", "crps", "coverage", "coverage_error", "mean_std"}
+
+
+def synthetic(n, seed, width_factor=1.0):
+    """Calibrated-by-construction arrays (truth = mean + sigma * N(0,1)), widths scaled by width_factor."""
+    rng = np.random.default_rng(seed)
+    sig = np.array([0.03, 0.02]) * rng.uniform(0.5, 1.5, (n, 2))
+    mean = np.column_stack([rng.uniform(0.15, 0.45, n), rng.uniform(0.65, 0.95, n)])
+    return mean + sig * rng.standard_normal((n, 2)), mean, sig * width_factor
+
+
+def write_single(path, n=300, seed=0, width_factor=1.0, split="test", **kw):
+    truth, mean, std = synthetic(n, seed, width_factor)
+    kw.setdefault("priors", PRIORS)
+    return write_predictions(path, truth=truth, mean=mean, std=std, std_aleatoric=std,
+                             std_epistemic=np.zeros_like(std), sim_id=np.arange(n) // 15, param_names=NAMES,
+                             method="single", split=split, **kw)
+
+
+def write_ensemble(path, n=300, seed=1, m=4, with_cov=True, with_exact=True):
+    rng = np.random.default_rng(seed)
+    truth, mean, std = synthetic(n, seed)
+    mm = mean[None] + 0.4 * std[None] * rng.standard_normal((m, n, 2))
+    ms = np.repeat(0.9 * std[None], m, 0)
+    mu, var, alea, epi = mixture_moments(mm, ms**2)
+    extra = {}
+    cov = None
+    if with_cov:
+        cov = np.zeros((n, 2, 2))
+        cov[:, 0, 0], cov[:, 1, 1] = var[:, 0], var[:, 1]
+        cov[:, 0, 1] = cov[:, 1, 0] = 0.3 * np.sqrt(var[:, 0] * var[:, 1])
+    if with_exact:
+        extra = {"exact_mean": truth + 0.7 * std * rng.standard_normal((n, 2)), "exact_std": 0.7 * std}
+    return write_predictions(path, truth=truth, mean=mu, std=np.sqrt(var), std_aleatoric=np.sqrt(alea),
+                             std_epistemic=np.sqrt(epi), sim_id=np.arange(n), param_names=NAMES, method="ensemble",
+                             split="test", member_mean=mm, member_std=ms, cov=cov, n_members=m, priors=PRIORS,
+                             extra_datasets=extra)
+
+
+# --------------------------------------------------------------------------- predictions.h5
+
+
+def test_write_read_roundtrip(tmp_path):
+    p = write_ensemble(tmp_path / "e.h5")
+    with h5py.File(p) as f:  # the DESIGN.md layout
+        assert {"truth", "mean", "std", "std_aleatoric", "std_epistemic", "sim_id", "member_mean", "member_std",
+                "cov", "exact_mean", "exact_std"} <= set(f.keys())
+        assert f["member_mean"].shape == (4, 300, 2) and f["cov"].shape == (300, 2, 2) and f["sim_id"].shape == (300,)
+        assert {"param_names", "method", "split", "n_members", "priors"} <= set(f.attrs)
+    pred = read_predictions(p)
+    assert pred.param_names == NAMES and pred.method == "ensemble" and pred.split == "test"
+    assert pred.n_members == 4 and pred.n_samples is None and pred.task == "regression"
+    assert pred.priors == PRIORS
+    assert pred.member_mean.shape == (4, 300, 2) and pred.cov.shape == (300, 2, 2)
+    assert set(pred.extra) == {"exact_mean", "exact_std"}
+    assert pred.warnings == []
+    assert not list(tmp_path.glob(".*tmp"))  # no temp file left behind
+
+
+def test_read_warns_when_sigmas_were_averaged(tmp_path):
+    rng = np.random.default_rng(0)
+    truth, mean, std = synthetic(50, 0)
+    mm = mean[None] + std[None] * rng.standard_normal((3, 50, 2))
+    ms = np.repeat(std[None], 3, 0)
+    write_predictions(tmp_path / "bad.h5", truth=truth, mean=mm.mean(0), std=ms.mean(0), std_aleatoric=std,
+                      std_epistemic=np.zeros_like(std), sim_id=np.arange(50), param_names=NAMES,
+                      method="ensemble", split="test", member_mean=mm, member_std=ms, n_members=3)
+    assert any("averaging member sigmas" in w for w in read_predictions(tmp_path / "bad.h5").warnings)
+
+
+def _corrupt(path, drop=(), put=None, attrs=None, del_attrs=()):
+    with h5py.File(path, "a") as f:
+        for k in drop:
+            del f[k]
+        for k, v in (put or {}).items():
+            if k in f:
+                del f[k]
+            f.create_dataset(k, data=v)
+        for k, v in (attrs or {}).items():
+            f.attrs[k] = v
+        for k in del_attrs:
+            del f.attrs[k]
+    return path
+
+
+@pytest.mark.parametrize("change,message", [
+    (dict(drop=["std"]), "missing dataset 'std'"),
+    (dict(drop=["sim_id"]), "missing dataset 'sim_id'"),
+    (dict(put={"mean": np.zeros((299, 2))}), "dataset 'mean' has shape (299, 2)"),
+    (dict(put={"std": np.full((300, 2), np.nan)}), "dataset 'std' has 600 non-finite values"),
+    (dict(put={"std": np.zeros((300, 2))}), "dataset 'std' has 600 values <= 0"),
+    (dict(put={"truth": np.zeros((300, 3))}), "'param_names' has 2 names but 'truth' has 3 columns"),
+    (dict(put={"member_mean": np.zeros((2, 300, 2))}), "missing dataset 'member_std'"),
+    (dict(put={"cov": -np.ones((300, 2, 2))}), "dataset 'cov' is not positive definite"),
+    (dict(put={"cov": np.tile([[1.0, 0.5], [0.2, 1.0]], (300, 1, 1))}), "dataset 'cov' is not symmetric"),
+    (dict(put={"cov": np.tile(np.eye(2), (300, 1, 1))}), "dataset 'cov' diagonal does not match"),
+    (dict(put={"exact_std": np.zeros((300, 2))}), "dataset 'exact_std' has values <= 0"),
+    (dict(put={"mean": np.array(["a"] * 300, dtype="S1")}), "dataset 'mean' is not numeric"),
+    (dict(attrs={"priors": "{not json"}), "attribute 'priors' is not a valid JSON"),
+    (dict(del_attrs=["param_names"]), "missing attribute 'param_names'"),
+])
+def test_read_rejects_bad_files_with_one_line(tmp_path, change, message):
+    p = _corrupt(write_single(tmp_path / "p.h5"), **change)
+    with pytest.raises(InputError) as err:
+        read_predictions(p)
+    text = str(err.value)
+    assert "\n" not in text and text.startswith(str(p)) and message in text
+
+
+def test_read_rejects_missing_and_non_hdf5(tmp_path):
+    with pytest.raises(InputError, match="file not found"):
+        read_predictions(tmp_path / "nope.h5")
+    (tmp_path / "x.h5").write_text("hello")
+    with pytest.raises(InputError, match="not an HDF5 file"):
+        read_predictions(tmp_path / "x.h5")
+
+
+def test_classification_predictions_are_accepted(tmp_path):
+    rng = np.random.default_rng(3)
+    prob = rng.uniform(0.02, 0.98, (200, 1))
+    y = (rng.uniform(size=(200, 1)) < prob).astype(float)
+    std = np.sqrt(prob * (1 - prob))
+    write_predictions(tmp_path / "c.h5", truth=y, mean=prob, std=std, std_aleatoric=std,
+                      std_epistemic=np.zeros_like(std), sim_id=np.arange(200), param_names=["is_astrid"],
+                      method="single", split="test", task="classification")
+    pred = read_predictions(tmp_path / "c.h5")
+    assert pred.task == "classification" and pred.truth.shape == (200, 1)
+    _corrupt(tmp_path / "c.h5", put={"truth": np.full((200, 1), 0.5)})
+    with pytest.raises(InputError, match="0/1 labels"):
+        read_predictions(tmp_path / "c.h5")
+
+
+# --------------------------------------------------------------------------- verdicts
+
+
+def test_verdict_texts():
+    v = verdict("sigma_8", 1.23, 0.15, 0.008, 0.03, n=2000)
+    assert v.status == "too narrow"
+    assert v.text == "sigma_8 intervals too narrow by 23%; scaling by 1.23 fixes coverage to within 0.8%"
+    assert verdict("Omega_m", 0.8, 0.1, 0.01, 0.03, n=2000).text.startswith("Omega_m intervals too wide by 25%")
+    assert verdict("Omega_m", 1.01, 0.01, 0.01, 0.03, n=2000).status == "well calibrated"
+    v = verdict("A_SN1", 1.0, 0.08, 0.08, 0.03, err_isotonic=0.01, n=2000)
+    assert v.status == "miscalibrated" and "isotonic" in v.text
+    assert "biased low" in verdict("x", 1.0, 0.01, 0.01, 0.03, mean_z=0.5, n=2000).text
+    # coverage inside its tolerance, but a scale significantly above 1: still too narrow
+    v = verdict("sigma_8", 1.12, 0.05, 0.02, 0.06, n=500, scale_se=0.03)
+    assert v.status == "too narrow" and "slightly too narrow by 12%" in v.text
+    assert verdict("sigma_8", 1.12, 0.05, 0.02, 0.06, n=500, scale_se=0.07).status == "well calibrated"
+
+
+@pytest.mark.parametrize("factor,status", [(1.0, "well calibrated"), (0.6, "too narrow"), (1.6, "too wide")])
+def test_report_verdicts_on_synthetic_predictors(tmp_path, factor, status):
+    from cosmoinfer.calibration.metrics import DEFAULT_LEVELS
+    from cosmoinfer.calibration.report import _recalibrate
+
+    pred = read_predictions(write_single(tmp_path / "p.h5", n=1000, seed=11, width_factor=factor))
+    block, verdicts, curves, n_eval = _recalibrate(pred, None, DEFAULT_LEVELS, np.random.default_rng(0),
+                                                   {"n_posterior_samples": 50, "n_bootstrap": 2})
+    assert n_eval == 500 and set(curves) >= {"original", "isotonic"}
+    assert [v.status for v in verdicts] == [status, status], [v.text for v in verdicts]
+    for name in NAMES:
+        assert block["scale"][name] == pytest.approx(1 / factor, rel=0.1)
+
+
+# --------------------------------------------------------------------------- report
+
+
+def _imgs(html):
+    return re.findall(r'<img src="([^"]*)"', html)
+
+
+def test_report_single_file_without_validation(tmp_path):
+    p = write_single(tmp_path / "p.h5", n=400, width_factor=0.5)
+    out = tmp_path / "report"
+    paths = build_report(p, out, **FAST)
+    assert paths.html == out / "report.html" and paths.html.exists() and paths.metrics.exists()
+    html = paths.html.read_text()
+    imgs = _imgs(html)
+    assert len(imgs) == len(paths.figures) >= 6
+    assert all(src.startswith("data:image/png;base64,") for src in imgs)
+    assert not re.search(r'(src|href)="(http|//|[^"d#])', html)  # self-contained: no external assets
+    for f in paths.figures:
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    m = json.loads(paths.metrics.read_text())
+    assert {"method", "n", "params", "joint", "recalibrated"} <= set(m) and "comparison" not in m
+    assert m["method"] == "single" and m["n"] == 400
+    for name in NAMES:
+        assert DESIGN_PARAM_KEYS <= set(m["params"][name])
+        assert set(m["params"][name]["coverage"]) >= {"0.68", "0.95"}
+        assert DESIGN_PARAM_KEYS <= set(m["recalibrated"]["params"][name])
+        assert m["recalibrated"]["scale"][name] == pytest.approx(2.0, rel=0.15)
+        assert m["verdicts"][name]["status"] == "too narrow"
+        # after scaling, the held-out half is calibrated
+        assert m["recalibrated"]["params"][name]["coverage_error"] <= coverage_tolerance(200)
+    assert {"tarp_atc", "tarp_ks_pvalue", "sbc_ks_pvalue"} <= set(m["joint"])
+    assert {"tarp_atc", "tarp_ks_pvalue", "sbc_ks_pvalue"} <= set(m["recalibrated"]["joint"])
+    assert m["joint"]["tarp_atc"] < 0 and m["recalibrated"]["n"] == 200
+    assert "random half" in m["recalibrated"]["fit_on"] and "random half of the test predictions" in html
+    assert "intervals too narrow by" in html
+
+
+def test_report_comparison_with_validation(tmp_path):
+    single = write_single(tmp_path / "single.h5", n=300, width_factor=0.7, seed=5)
+    single_val = write_single(tmp_path / "single_val.h5", n=300, width_factor=0.7, seed=6, split="val")
+    ens = write_ensemble(tmp_path / "ens.h5")
+    out = tmp_path / "cmp"
+    paths = build_report([single, ens], out, val_predictions=[single_val, None], labels=["one net", "ensemble"],
+                         **FAST)
+    html = paths.html.read_text()
+    m = json.loads(paths.metrics.read_text())
+    assert [b["label"] for b in m["comparison"]] == ["one net", "ensemble"]
+    assert m["label"] == "one net" and "fitted on the validation predictions" in m["recalibrated"]["fit_on"]
+    assert m["recalibrated"]["n"] == 300 and m["recalibrated"]["n_fit"] == 300
+    ens_block = m["comparison"][1]
+    assert "random half" in ens_block["recalibrated"]["fit_on"]
+    assert ens_block["joint"]["covariance"] == "full" and "crps_mixture" in ens_block["params"]["Omega_m"]
+    assert set(ens_block["exact"]["sigma_8"]) >= {"efficiency", "median_std_ratio"}
+    assert ens_block["exact"]["sigma_8"]["median_std_ratio"] == pytest.approx(np.sqrt(0.81 + 0.16) / 0.7, rel=0.2)
+    for block in m["comparison"]:
+        for name in NAMES:
+            assert DESIGN_PARAM_KEYS <= set(block["params"][name])
+    names = {f.name for f in paths.figures}
+    assert {"0_comparison_calibration.png", "2_ensemble_corner.png", "2_ensemble_exact.png",
+            "2_ensemble_aleatoric_epistemic.png"} <= names
+    assert len(_imgs(html)) == len(paths.figures)
+    assert all(s.startswith("data:image/png;base64,") for s in _imgs(html))
+    assert "Comparison of methods" in html and "Against the exact posterior" in html
+
+
+def test_report_classification(tmp_path):
+    rng = np.random.default_rng(9)
+    prob = rng.uniform(0.02, 0.98, (300, 1))
+    y = (rng.uniform(size=(300, 1)) < prob ** 2).astype(float)  # overconfident probabilities
+    std = np.sqrt(prob * (1 - prob))
+    write_predictions(tmp_path / "c.h5", truth=y, mean=prob, std=std, std_aleatoric=std,
+                      std_epistemic=np.zeros_like(std), sim_id=np.arange(300), param_names=["is_tng"],
+                      method="single", split="test", task="classification")
+    paths = build_report(tmp_path / "c.h5", tmp_path / "out", **FAST)
+    m = json.loads(paths.metrics.read_text())
+    assert {"accuracy", "log_loss", "brier", "reliability"} <= set(m["params"]["is_tng"])
+    assert m["recalibrated"]["params"]["is_tng"]["ece"] < m["recalibrated"]["before"]["is_tng"]["ece"]
+    html = paths.html.read_text()
+    assert "Reliability diagram" in html and len(_imgs(html)) == len(paths.figures) == 1
+
+
+def test_bad_input_leaves_no_report(tmp_path):
+    good = write_single(tmp_path / "good.h5")
+    bad = _corrupt(write_single(tmp_path / "bad.h5"), drop=["std"])
+    out = tmp_path / "out"
+    with pytest.raises(InputError, match="missing dataset 'std'"):
+        build_report([good, bad], out, **FAST)
+    assert not out.exists() or not any(out.rglob("*"))
+    with pytest.raises(InputError, match="val_predictions"):
+        build_report([good], out, val_predictions=[good, good], **FAST)
+    other = write_predictions(tmp_path / "other.h5", **{k: v for k, v in _arrays(50).items()},
+                              param_names=["a", "b"], method="x", split="val")
+    with pytest.raises(InputError, match="param_names"):
+        build_report(good, out, val_predictions=other, **FAST)
+
+
+def _arrays(n):
+    truth, mean, std = synthetic(n, 0)
+    return dict(truth=truth, mean=mean, std=std, std_aleatoric=std, std_epistemic=0 * std, sim_id=np.arange(n))
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def _cli(*args, cwd):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""), MPLBACKEND="Agg")
+    return subprocess.run([sys.executable, "-m", "cosmoinfer.cli.report", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=120)
+
+
+@pytest.mark.slow
+def test_cli_writes_report(tmp_path):
+    write_single(tmp_path / "pred.h5", n=200)
+    run_dir = tmp_path / "run"
+    r = _cli("predictions=pred.h5", f"hydra.run.dir={run_dir}", "n_posterior_samples=100", "n_bootstrap=10",
+             "dpi=40", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    printed = Path(r.stdout.strip().splitlines()[-1])
+    assert printed == run_dir / "report.html" and printed.exists()  # out_dir defaults to Hydra's run dir
+    m = json.loads((run_dir / "metrics.json").read_text())
+    assert DESIGN_PARAM_KEYS <= set(m["params"]["sigma_8"]) and "recalibrated" in m
+    assert all(s.startswith("data:image/png;base64,") for s in _imgs(printed.read_text()))
+
+
+@pytest.mark.slow
+def test_cli_bad_input_is_one_line(tmp_path):
+    _corrupt(write_single(tmp_path / "pred.h5", n=50), drop=["std"])
+    r = _cli("predictions=pred.h5", f"out_dir={tmp_path / 'out'}", f"hydra.run.dir={tmp_path / 'run'}",
+             cwd=tmp_path)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: ") and "missing dataset 'std'" in lines[-1] and "pred.h5" in lines[-1]
+    assert "Traceback" not in r.stderr
+    assert not (tmp_path / "out" / "report.html").exists()
+
+
+def test_cli_config_and_missing_predictions(capsys):
+    from omegaconf import OmegaConf
+
+    from cosmoinfer.cli.report import run
+
+    cfg = OmegaConf.load(REPO / "conf" / "report.yaml")
+    assert OmegaConf.is_missing(cfg, "predictions") and cfg.val_predictions is None and cfg.seed == 0
+    assert list(cfg.levels) == pytest.approx([0.05 * i for i in range(1, 20)])
+    with pytest.raises(SystemExit) as exc:
+        run(cfg)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: predictions: missing") and "\n" not in err
