@@ -44,7 +44,7 @@ def _mark_done(folder: Path, seconds: float) -> None:
 def _run(stage: str, module: str, args: list[str], log_file: Path) -> float:
     """Run ``python -m module args``; its output goes to ``log_file``. Fails loudly on error."""
     cmd = [sys.executable, "-m", module, *args]
-    log.info("[%s] %s", stage, " ".join(cmd[2:]))
+    log.debug("[%s] %s", stage, " ".join(cmd[2:]))
     print(f"[{stage}] running ... (log: {log_file})", flush=True)
     log_file.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.time()

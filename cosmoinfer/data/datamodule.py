@@ -80,7 +80,7 @@ class CMDDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.source is not None:
             return
-        src = open_source(self.root, self.suite, self.fields, self.set, self.manifest, self.h5_path)
+        src = self._open_source()
         self.source = src
         where = getattr(src, "manifest", None)
         where = (where.path if where is not None and where.path else None) or getattr(src, "path", None) or src.root
@@ -112,6 +112,10 @@ class CMDDataModule(pl.LightningDataModule):
         for k, ind in idx.items():
             self.datasets[k] = MapDataset(src, ind, self.normalizer, self.param_columns, self.priors,
                                           augment=self.augment and k == "train")
+
+    def _open_source(self):
+        """The map source (subclasses may combine several, see :mod:`cosmoinfer.data.classification`)."""
+        return open_source(self.root, self.suite, self.fields, self.set, self.manifest, self.h5_path)
 
     def _log_flags(self, src) -> list[bool]:
         if self.log_fields == "auto" or self.log_fields is None:

@@ -56,6 +56,7 @@ class PosteriorModule(pl.LightningModule):
         self.val_loss = torchmetrics.MeanMetric()
         self.val_mse = torchmetrics.MetricCollection(
             {f"rmse_{n}": torchmetrics.MeanSquaredError(squared=False) for n in self.param_names})
+        self.val_acc = torchmetrics.MeanMetric()  # classification: fraction of maps with (p >= 0.5) == label
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
@@ -81,6 +82,9 @@ class PosteriorModule(pl.LightningModule):
             phys_true = unit_to_physical_torch(y, self.p_low, self.p_high, self.p_log)
             for j, n in enumerate(self.param_names):
                 self.val_mse[f"rmse_{n}"].update(phys_pred[:, j], phys_true[:, j])
+        elif self.likelihood.task == "classification":
+            hit = (self.likelihood.predict(raw)["mean"] >= 0.5) == (y >= 0.5)
+            self.val_acc.update(hit.float().mean(), weight=len(x))
 
     def on_validation_epoch_end(self):
         # torchmetrics states are summed over ranks, so uneven DDP shards are weighted correctly
@@ -90,6 +94,9 @@ class PosteriorModule(pl.LightningModule):
             for k, v in self.val_mse.compute().items():
                 self.log(f"val/{k}", v)
             self.val_mse.reset()
+        elif self.likelihood.task == "classification":
+            self.log("val/accuracy", self.val_acc.compute())
+            self.val_acc.reset()
 
     def configure_optimizers(self):
         opt = hydra.utils.instantiate(self.optimizer_cfg)(self.parameters())

@@ -26,7 +26,11 @@ def _container(cfg) -> dict:
 
 
 def build_datamodule(cfg: DictConfig, out_dir: Path) -> CMDDataModule:
-    return CMDDataModule(**_container(cfg.data), out_dir=str(out_dir))
+    """``CMDDataModule``, or the subclass that ``data._target_`` names (e.g. ``data=suite_classification``)."""
+    kwargs = _container(cfg.data)
+    target = kwargs.pop("_target_", None)
+    cls = hydra.utils.get_class(target) if target else CMDDataModule
+    return cls(**kwargs, out_dir=str(out_dir))
 
 
 def build_module(cfg: DictConfig, dm: CMDDataModule) -> PosteriorModule:
