@@ -53,6 +53,8 @@ class PosteriorModule(pl.LightningModule):
         self.register_buffer("p_low", torch.tensor(lo), persistent=False)
         self.register_buffer("p_high", torch.tensor(hi), persistent=False)
         self.register_buffer("p_log", torch.tensor(is_log), persistent=False)
+        # torchmetrics states are reduced over DDP ranks when computed: epoch metrics are global
+        self.train_loss = torchmetrics.MeanMetric()
         self.val_loss = torchmetrics.MeanMetric()
         self.val_mse = torchmetrics.MetricCollection(
             {f"rmse_{n}": torchmetrics.MeanSquaredError(squared=False) for n in self.param_names})
@@ -69,7 +71,9 @@ class PosteriorModule(pl.LightningModule):
                 f"non-finite training loss ({loss.item()}) at step {self.global_step}, epoch {self.current_epoch}, step {self.global_step}; "
                 "training stopped before the update, the last good checkpoint is kept "
                 "(try a lower optimizer.lr, gradient clipping, or a larger loss.min_std)")
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(x))
+        self.train_loss.update(loss.detach(), weight=len(x))
+        self.log("train/loss_epoch", self.train_loss, on_step=False, on_epoch=True, batch_size=len(x))
         return loss
 
     def validation_step(self, batch, batch_idx):
