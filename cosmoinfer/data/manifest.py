@@ -42,12 +42,12 @@ MAPS_PER_SIM = 15
 MANIFEST_DIR = Path(__file__).resolve().parents[2] / "data_manifests"
 
 
-def maps_filename(field: str, suite: str, set_: str) -> str:
+def maps_filename(field: str, suite: str, set_: str = "LH") -> str:
     """CMD map file name, e.g. ``Maps_Mtot_IllustrisTNG_LH_z=0.00.npy``."""
     return f"Maps_{field}_{suite}_{set_}_z=0.00.npy"
 
 
-def params_filename(suite: str, set_: str) -> str:
+def params_filename(suite: str, set_: str = "LH") -> str:
     """CMD parameter table name, e.g. ``params_LH_IllustrisTNG.txt``."""
     return f"params_{set_}_{suite}.txt"
 

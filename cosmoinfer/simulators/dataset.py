@@ -27,18 +27,9 @@ from typing import Sequence
 import numpy as np
 from tqdm import tqdm
 
+from cosmoinfer.data.manifest import maps_filename, params_filename
 from cosmoinfer.data.priors import CMD_PARAM_NAMES, Prior, sample
 from cosmoinfer.errors import atomic_path
-
-
-def maps_filename(field: str, suite: str, set_: str = "LH") -> str:
-    """CMD map file name, e.g. ``Maps_Mtot_IllustrisTNG_LH_z=0.00.npy``."""
-    return f"Maps_{field}_{suite}_{set_}_z=0.00.npy"
-
-
-def params_filename(suite: str, set_: str = "LH") -> str:
-    """CMD parameter file name, e.g. ``params_LH_IllustrisTNG.txt``."""
-    return f"params_{set_}_{suite}.txt"
 
 
 def sim_seeds(seed: int, suite: str, n_sims: int) -> list[np.random.SeedSequence]:
@@ -88,8 +79,8 @@ def simulate_dataset(
     out_dir.mkdir(parents=True, exist_ok=True)
     per_sim = int(simulator.maps_per_sim)
     n = int(simulator.grid)
-    files = {f: out_dir / maps_filename(f, suite) for f in fields}
-    files["params"] = out_dir / params_filename(suite)
+    files = {f: out_dir / maps_filename(f, suite, "LH") for f in fields}
+    files["params"] = out_dir / params_filename(suite, "LH")
     params = np.empty((n_sims, len(priors)))
     with contextlib.ExitStack() as stack:
         arrays = {}
