@@ -175,3 +175,19 @@ def test_ddp_cpu_two_processes_one_folder_same_validation_metric(data32, tmp_pat
                      use_distributed_sampler=False).validate(module, datamodule=dm, verbose=False)
     assert res[0]["val/loss"] == pytest.approx(ddp_val, rel=1e-5, abs=1e-6)
     assert len(dm.datasets["val"]) % 2 == 1  # odd: a padded sampler would have counted one map twice
+
+
+def test_optuna_sweep_runs_trials_and_reports_the_best(data32, tmp_path):
+    sweep = tmp_path / "optuna"
+    r = run_cli(["cosmoinfer.cli.train", "hparams_search=optuna", f"data.root={data32}", "data.suite=TestSuite",
+                 "trainer.max_epochs=1", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
+                 "hydra.sweeper.n_trials=2", "hydra.sweeper.sampler.n_startup_trials=2",
+                 "model.hidden=4", f"hydra.sweep.dir={sweep}"], tmp_path)
+    assert r.returncode == 0, r.stderr[-3000:]
+    import yaml
+
+    res = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    # model.hidden is fixed on the command line (kept tiny), the other three are searched
+    assert set(res["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "model.dropout"}
+    assert np.isfinite(res["best_value"])
+    assert len(list(sweep.glob("*/checkpoints/best.ckpt"))) == 2
