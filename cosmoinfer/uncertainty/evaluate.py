@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import glob
 import logging
+import re
 from pathlib import Path
 
 from omegaconf import DictConfig, ListConfig
@@ -17,21 +18,29 @@ log = logging.getLogger("cosmoinfer.evaluate")
 METHODS = ("single", "ensemble", "mc_dropout", "ensemble_mc_dropout")
 
 
+def _natural_key(path: Path) -> list:
+    """Sort ``multirun/2`` before ``multirun/10``."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
+
+
 def resolve_checkpoints(spec) -> list[Path]:
     """A checkpoint path, a list of them, a folder (``*/checkpoints/best.ckpt`` under it, e.g. a
-    Hydra multirun folder, or its own ``checkpoints/best.ckpt``) or a glob pattern."""
+    Hydra multirun folder, in job order, or its own ``checkpoints/best.ckpt``) or a glob pattern.
+
+    A checkpoint named twice is an :class:`InputError` (it would count one member twice)."""
     items = list(spec) if isinstance(spec, (list, tuple, ListConfig)) else [spec]
     paths: list[Path] = []
     for item in items:
         item = str(item)
         p = Path(item)
         if p.is_dir():
-            found = sorted(p.glob("checkpoints/best.ckpt")) or sorted(p.glob("**/checkpoints/best.ckpt"))
+            found = sorted(p.glob("checkpoints/best.ckpt")) or sorted(p.glob("**/checkpoints/best.ckpt"),
+                                                                       key=_natural_key)
             if not found:
                 raise InputError(p, "no checkpoints/best.ckpt found in this folder or below it")
             paths.extend(found)
         elif any(ch in item for ch in "*?["):
-            found = sorted(Path(x) for x in glob.glob(item, recursive=True))
+            found = sorted((Path(x) for x in glob.glob(item, recursive=True)), key=_natural_key)
             if not found:
                 raise InputError(item, "the checkpoint pattern matches no file")
             paths.extend(found)
@@ -39,21 +48,48 @@ def resolve_checkpoints(spec) -> list[Path]:
             if not p.is_file():
                 raise InputError(p, "checkpoint not found")
             paths.append(p)
+    seen: set = set()
+    for p in paths:
+        key = p.resolve()
+        if key in seen:
+            raise InputError(p, "this checkpoint is named twice; an ensemble member must appear once")
+        seen.add(key)
     return paths
 
 
 def build_eval_datamodule(cfg: DictConfig, meta: dict) -> CMDDataModule:
-    """The training data and split by default; other CMD-layout data where ``cfg.data`` says so."""
+    """The training data and split by default; other CMD-layout data where ``cfg.data`` says so.
+
+    ``meta`` is a checkpoint's ``meta["data"]``: fields, parameters, normalisation statistics and
+    split of the training run. On other data (``data.root``/``suite``/``set``/``h5_path``/
+    ``suites`` given) the split is recomputed with the training run's seed and fractions, so use
+    ``split=all`` to evaluate every map.
+    """
     d = cfg.get("data") or {}
-    same = not (d.get("root") or d.get("h5_path") or d.get("suite") or d.get("set"))
-    root = d.get("root") or (meta.get("root") if not d.get("h5_path") else None)
-    h5 = d.get("h5_path") or (meta.get("h5_path") if same else None)
-    dm = CMDDataModule(
-        root=root, suite=d.get("suite") or meta["suite"], set=d.get("set") or meta["set"], fields=meta["fields"],
-        params=meta["param_names"], manifest=d.get("manifest") or (meta.get("manifest") if same else None),
-        h5_path=h5, split_seed=meta["split"].get("seed", 0), split_fractions=meta["split"].get("fractions"),
-        eval_batch_size=int(d.get("eval_batch_size", 256)), num_workers=int(d.get("num_workers", 0)),
-        normalizer=meta["normalizer"], split=meta["split"] if same else None, augment=False, validate="all")
+    common = dict(set=d.get("set") or meta["set"], fields=meta["fields"], split_seed=meta["split"].get("seed", 0),
+                  eval_batch_size=int(d.get("eval_batch_size", 256)), num_workers=int(d.get("num_workers", 0)),
+                  normalizer=meta["normalizer"], augment=False, validate="all")
+    if meta.get("split", {}).get("fractions"):
+        common["split_fractions"] = meta["split"]["fractions"]
+    if meta.get("datamodule") == "suite_classification":
+        from cosmoinfer.data.classification import SuiteClassificationDataModule
+
+        suites = list(d.get("suites") or meta["suites"])
+        same = not (d.get("root") or d.get("suites") or d.get("set"))
+        roots = None if d.get("root") else meta.get("roots")
+        dm = SuiteClassificationDataModule(suites=suites, root=d.get("root") or meta.get("root"), roots=roots,
+                                           label=meta["param_names"][0], split=meta["split"] if same else None,
+                                           **common)
+    else:
+        if d.get("suites"):
+            raise InputError("data.suites", "only applies to checkpoints of a suite classifier; use data.suite")
+        same = not (d.get("root") or d.get("h5_path") or d.get("suite") or d.get("set"))
+        root = d.get("root") or (meta.get("root") if not d.get("h5_path") else None)
+        h5 = d.get("h5_path") or (meta.get("h5_path") if same else None)
+        dm = CMDDataModule(
+            root=root, suite=d.get("suite") or meta["suite"], params=meta["param_names"],
+            manifest=d.get("manifest") or (meta.get("manifest") if same else None), h5_path=h5,
+            split=meta["split"] if same else None, **common)
     dm.setup("test")
     return dm
 
@@ -77,7 +113,7 @@ def evaluate(cfg: DictConfig) -> Path:
     loader = dm.split_dataloader(split)
     if len(loader.dataset) == 0:
         raise InputError("split", f"split {split!r} holds no maps")
-    post = predictor.predict_batches(loader)
+    post = predictor.predict_batches(loader, target_priors=dm.priors)
     extra = exact_posterior_datasets(cfg, dm, split, post)
     out = Path(cfg.out_dir) / "predictions.h5"
     write_posterior(out, post, predictor, method=method, split=split, n_members=len(paths),

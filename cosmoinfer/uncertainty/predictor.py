@@ -10,11 +10,25 @@ dropout passes form one Gaussian mixture:
 
 MC dropout keeps only the dropout layers stochastic: BatchNorm stays in eval mode and its
 running statistics never change. When dropout lives only in the head, the backbone runs once
-per batch and the head ``T`` times. Every checkpoint is loaded exactly once.
+per batch and the head ``T`` times. A network without active dropout (``model.dropout=0``) gives
+``T`` identical passes, i.e. zero epistemic spread, with a warning. Every checkpoint is loaded
+exactly once, and members must agree on fields, parameters, priors, split and normalisation.
+
+Classification (``bernoulli`` head): each component is the probability ``p_k`` of class 1 (from
+the logit, in float64), with variance ``p_k (1 - p_k)``; the mixture of Bernoullis is the
+Bernoulli with ``p = mean_k p_k``, whose variance ``p (1 - p)`` splits the same way into
+aleatoric and epistemic parts.
+
+Notebook use::
+
+    model = load_posterior_model("multirun/train/2024-01-01_12-00-00")   # or a list of checkpoints
+    post = model.predict_maps(maps)        # (N, C, H, W) or (N, H, W) maps in physical units
+    post.mean, post.std, post.std_aleatoric, post.std_epistemic, post.cov, post.sample(1000)
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -27,6 +41,11 @@ from cosmoinfer.data.priors import Prior, gaussian_to_physical
 from cosmoinfer.data.transforms import dihedral
 from cosmoinfer.errors import InputError
 from cosmoinfer.training.checkpoint import LoadedModel, load_checkpoint
+
+log = logging.getLogger("cosmoinfer.predictor")
+
+#: Classification probabilities are kept in [PROB_EPS, 1 - PROB_EPS].
+PROB_EPS = 1e-12
 
 
 @dataclass
@@ -61,14 +80,29 @@ class Posterior:
         return self.mean + self.std * rng.standard_normal((n,) + self.mean.shape)
 
 
+def _split_ids(meta: dict) -> dict:
+    split = meta.get("split") or {}
+    return {k: [int(i) for i in split.get(k, [])] for k in ("train", "val", "test")}
+
+
 def check_compatible(models: Sequence[LoadedModel]) -> None:
-    """Members must agree on fields, parameters, priors and normalisation."""
+    """Members must agree on fields, parameters, priors, input grid, split and normalisation.
+
+    The split matters: the evaluator takes the first member's test split, so a member trained on
+    another split has seen some of those test simulations. Raises :class:`InputError` naming the
+    first checkpoint that disagrees with the first one.
+    """
     ref = models[0]
     for m in models[1:]:
-        for key, what in (("fields", "fields"), ("param_names", "parameters"), ("priors", "priors")):
-            if m.meta["data"][key] != ref.meta["data"][key]:
-                raise InputError(m.path, f"ensemble members disagree on {what}: {m.meta['data'][key]} vs "
-                                 f"{ref.meta['data'][key]} in {ref.path}")
+        for key, what in (("fields", "fields"), ("param_names", "parameters (data.params)"),
+                          ("priors", "priors"), ("grid", "map size (grid)")):
+            if m.meta["data"].get(key) != ref.meta["data"].get(key):
+                raise InputError(m.path, f"ensemble members disagree on {what}: {m.meta['data'].get(key)} vs "
+                                 f"{ref.meta['data'].get(key)} in {ref.path}; train all members with the same "
+                                 f"data config")
+        if _split_ids(m.meta["data"]) != _split_ids(ref.meta["data"]):
+            raise InputError(m.path, f"ensemble members were trained on different train/val/test splits than "
+                             f"{ref.path}; train all members with the same data.split_seed (or data.split_file)")
         a, b = m.normalizer, ref.normalizer
         if not (np.allclose(a.mean, b.mean, rtol=1e-5) and np.allclose(a.std, b.std, rtol=1e-5)
                 and np.array_equal(a.log, b.log)):
@@ -76,6 +110,10 @@ def check_compatible(models: Sequence[LoadedModel]) -> None:
                              f"(trained on different data or splits than {ref.path})")
         if m.likelihood.task != ref.likelihood.task:
             raise InputError(m.path, "ensemble members mix classification and regression heads")
+
+
+def _has_active_dropout(network: nn.Module) -> bool:
+    return any(isinstance(x, nn.modules.dropout._DropoutNd) and x.p > 0 for x in network.modules())
 
 
 def _set_mc_dropout(network: nn.Module, on: bool) -> None:
@@ -95,7 +133,9 @@ class Predictor:
         mc_samples: dropout passes ``T`` per member (0: deterministic).
         tta: average each member's prediction over the 8 dihedral copies of a map (CMD's test-time
             augmentation): means and variances are averaged, not mixed.
-        seed: seeds the dropout masks (a local generator state, restored afterwards).
+        seed: seeds the dropout masks (every call of :meth:`predict_batches` starts from it; the
+            caller's random state is restored afterwards).
+        device: where the networks run (``cpu``, ``cuda``, ``cuda:1``).
     """
 
     def __init__(self, models: Iterable, mc_samples: int = 0, tta: bool = False, seed: int = 0,
@@ -113,9 +153,12 @@ class Predictor:
         self.param_names = ref.param_names
         self.normalizer = ref.normalizer
         self.task = ref.likelihood.task
-        if self.mc_samples and not any(isinstance(x, nn.modules.dropout._DropoutNd)
-                                       for m in self.models for x in m.network.modules()):
-            raise InputError(ref.path, "MC dropout asked for, but the network has no dropout layer")
+        if self.mc_samples:
+            for m in self.models:
+                if not _has_active_dropout(m.network):
+                    log.warning("%s: MC dropout asked for, but the network has no active dropout layer "
+                                "(model.dropout=0?): its %d passes are identical, so its epistemic spread "
+                                "is zero", m.path, self.mc_samples)
 
     # ------------------------------------------------------------------ per-batch unit-space outputs
     @torch.no_grad()
@@ -123,19 +166,25 @@ class Predictor:
         """Unit-space component moments for one batch: ``mean``/``var`` ``(K, B, P)``, ``cov`` ``(K,B,P,P)``."""
         net, lik = model.network, model.likelihood
         views = [dihedral(x, k) for k in range(8)] if self.tta else [x]
+        predict = self._predict_fn(lik)
         outs = []
-        for v in views:
-            if not self.mc_samples:
-                _set_mc_dropout(net, False)
-                outs.append([lik.predict(net(v))])
-            elif net.dropout_in_head_only:
-                _set_mc_dropout(net, True)
-                feats = net.backbone(v)  # no dropout in here: computed once
-                outs.append([lik.predict(net.head(feats)) for _ in range(self.mc_samples)])
-            else:
-                _set_mc_dropout(net, True)
-                outs.append([lik.predict(net(v)) for _ in range(self.mc_samples)])
-        _set_mc_dropout(net, False)
+        try:
+            for v in views:
+                if not self.mc_samples:
+                    _set_mc_dropout(net, False)
+                    outs.append([predict(net(v))])
+                elif not _has_active_dropout(net):  # deterministic: T identical components
+                    _set_mc_dropout(net, False)
+                    outs.append([predict(net(v))] * self.mc_samples)
+                elif net.dropout_in_head_only:
+                    _set_mc_dropout(net, True)
+                    feats = net.features(v)  # no dropout in the backbone: computed once
+                    outs.append([predict(net.head(feats)) for _ in range(self.mc_samples)])
+                else:
+                    _set_mc_dropout(net, True)
+                    outs.append([predict(net(v)) for _ in range(self.mc_samples)])
+        finally:
+            _set_mc_dropout(net, False)
         res = {}
         for key in ("mean", "var", "cov"):
             if key in outs[0][0]:
@@ -144,10 +193,22 @@ class Predictor:
                 res[key] = arr.double().cpu().numpy()
         return res
 
+    def _predict_fn(self, lik):
+        if self.task != "classification":
+            return lik.predict
+
+        def predict(raw: torch.Tensor) -> dict:
+            # probability from the logit in float64, kept off exactly 0 and 1 (float32 sigmoid
+            # saturates at |logit| > 17 and a zero Bernoulli width is not a valid member_std)
+            p = torch.sigmoid(lik.predict(raw)["logit"].double()).clamp(PROB_EPS, 1 - PROB_EPS)
+            return {"mean": p, "var": p * (1 - p)}
+
+        return predict
+
     def _physical(self, mean_u: np.ndarray, var_u: np.ndarray, cov_u: np.ndarray | None):
-        mean, var = gaussian_to_physical(mean_u, var_u, self.priors)
         if self.task == "classification":
-            mean, var = mean_u, var_u  # probabilities are already in their own units
+            return mean_u, var_u, None  # probabilities are already in their own units
+        mean, var = gaussian_to_physical(mean_u, var_u, self.priors)
         cov = None
         if cov_u is not None:
             sd_u = np.sqrt(np.clip(np.diagonal(cov_u, axis1=-2, axis2=-1), 1e-30, None))
@@ -157,14 +218,20 @@ class Predictor:
         return mean, var, cov
 
     # ------------------------------------------------------------------ public API
-    def predict_batches(self, batches: Iterable) -> Posterior:
-        """Predict for an iterable of ``(x, y, sim_id)`` batches (normalised maps, unit targets)."""
-        gen_state = torch.random.get_rng_state()
-        torch.manual_seed(self.seed)
+    def predict_batches(self, batches: Iterable, target_priors: Sequence[Prior] | None = None) -> Posterior:
+        """Predict for an iterable of ``(x, y, sim_id)`` batches (normalised maps, unit targets) or of
+        bare ``x`` tensors.
+
+        ``target_priors``: the priors the data used to scale ``y`` to the unit cube (default: the
+        checkpoint's). They differ from the checkpoint's when evaluating on another suite whose
+        manifest states other priors; predictions are always in the checkpoint's physical units.
+        """
         comp_mean, comp_var, comp_cov = [[] for _ in self.models], [[] for _ in self.models], \
             [[] for _ in self.models]
         truths, sims = [], []
-        try:
+        cuda = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=cuda):  # the caller's RNG state is left untouched
+            torch.manual_seed(self.seed)
             for batch in batches:
                 x, y, sim = batch if isinstance(batch, (tuple, list)) else (batch, None, None)
                 x = x.to(self.device)
@@ -176,8 +243,8 @@ class Predictor:
                 if y is not None:
                     truths.append(y.double().numpy())
                     sims.append(sim.numpy())
-        finally:
-            torch.random.set_rng_state(gen_state)
+        if not comp_mean[0]:
+            raise InputError("maps", "nothing to predict: no batch given")
         means, vars_, covs = [], [], []
         for i in range(len(self.models)):
             mu_u = np.concatenate(comp_mean[i], axis=1)  # (K, N, P)
@@ -198,7 +265,8 @@ class Predictor:
             from cosmoinfer.data.priors import from_unit
 
             truth = np.concatenate(truths)
-            truth = truth if self.task == "classification" else from_unit(truth, self.priors)
+            if self.task != "classification":
+                truth = from_unit(truth, list(target_priors) if target_priors is not None else self.priors)
         return Posterior(
             mean=mean, std=np.sqrt(var), std_aleatoric=np.sqrt(alea), std_epistemic=np.sqrt(epi),
             member_mean=all_mean, member_std=np.sqrt(all_var),
@@ -221,7 +289,16 @@ class Predictor:
 
 
 def load_posterior_model(checkpoints, **kwargs) -> Predictor:
-    """Notebook entry point: ``load_posterior_model(["m0/checkpoints/best.ckpt", ...]).predict_maps(maps)``."""
-    if isinstance(checkpoints, (str, bytes)) or hasattr(checkpoints, "__fspath__"):
-        checkpoints = [checkpoints]
-    return Predictor(list(checkpoints), **kwargs)
+    """Notebook entry point: ``load_posterior_model(["m0/checkpoints/best.ckpt", ...]).predict_maps(maps)``.
+
+    ``checkpoints``: a checkpoint path, a list of them, a folder (every ``*/checkpoints/best.ckpt``
+    below it, e.g. a ``-m seed=0,1,2`` multirun folder) or a glob pattern. ``kwargs`` go to
+    :class:`Predictor` (``mc_samples``, ``tta``, ``seed``, ``device``).
+    """
+    from cosmoinfer.uncertainty.evaluate import resolve_checkpoints
+
+    items = checkpoints if isinstance(checkpoints, (list, tuple)) else [checkpoints]
+    models: list = []
+    for c in items:
+        models.extend([c] if isinstance(c, LoadedModel) else resolve_checkpoints(str(c)))
+    return Predictor(models, **kwargs)
