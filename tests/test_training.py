@@ -109,7 +109,7 @@ def test_checkpoint_carries_everything_evaluation_needs(data32, tmp_path):
     assert meta["priors"][0] == {"name": "Omega_m", "low": 0.1, "high": 0.5, "distribution": "uniform"}
 
 
-def run_cli(args, cwd, timeout=300, env=None):
+def run_cli(args, cwd, timeout=600, env=None):
     full_env = dict(os.environ, OMP_NUM_THREADS="1", **(env or {}))
     return subprocess.run([sys.executable, "-m", *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout, env=full_env)
