@@ -122,7 +122,7 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_last_good_checkpoint(dat
                  "model.hidden=4", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
                  "trainer.max_epochs=3", "optimizer=sgd", "optimizer.lr=1e-3", "scheduler=step",
                  "scheduler.interval=step", "scheduler.scheduler.step_size=3", "scheduler.scheduler.gamma=1e12",
-                 "callbacks.step_checkpoint.every_n_train_steps=1"], tmp_path)
+                 "callbacks=step_checkpoints", "callbacks.step_checkpoint.every_n_train_steps=1"], tmp_path)
     assert r.returncode == 3, r.stderr[-2000:]
     line = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert line and "non-finite" in line[0] and "last good checkpoint is kept" in line[0]

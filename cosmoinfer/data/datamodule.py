@@ -67,6 +67,11 @@ class CMDDataModule(pl.LightningDataModule):
         self.split_fractions, self.split_seed, self.split_file = list(split_fractions), split_seed, split_file
         self.log_fields, self.log_offset = log_fields, dict(log_offset or {})
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
+        if not self.param_names:
+            raise InputError("data.params", "is empty; name the parameters to infer, e.g. [Omega_m, sigma_8]")
+        for key, value in (("data.batch_size", self.batch_size), ("data.eval_batch_size", self.eval_batch_size)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise InputError(key, f"must be a positive integer, got {value!r}")
         self.num_workers, self.augment, self.pin_memory = num_workers, augment, pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.out_dir = out_dir
@@ -97,8 +102,9 @@ class CMDDataModule(pl.LightningDataModule):
                 self.split = split_by_simulation(n_sims, self.split_fractions, self.split_seed)
         if max(max(self.split[k], default=-1) for k in SPLITS) >= n_sims:
             raise InputError(where, f"the split refers to simulations beyond the {n_sims} in the data")
-        if self.out_dir:
-            save_split(self.split, Path(self.out_dir) / "split.json")
+        if stage == "fit" and not self.split["val"]:
+            raise InputError(where, f"the validation split is empty ({n_sims} simulations, data.split_fractions="
+                             f"{self.split.get('fractions')}); use more simulations or change data.split_fractions")
         idx = {k: map_indices(self.split[k], src.maps_per_sim) for k in SPLITS}
         if self.normalizer is None:
             log_flags = self._log_flags(src)
@@ -112,6 +118,8 @@ class CMDDataModule(pl.LightningDataModule):
         for k, ind in idx.items():
             self.datasets[k] = MapDataset(src, ind, self.normalizer, self.param_columns, self.priors,
                                           augment=self.augment and k == "train")
+        if self.out_dir:  # only once every map and the split have passed validation: no partial output
+            save_split(self.split, Path(self.out_dir) / "split.json")
 
     def _open_source(self):
         """The map source (subclasses may combine several, see :mod:`cosmoinfer.data.classification`)."""

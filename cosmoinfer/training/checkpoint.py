@@ -79,7 +79,9 @@ def load_checkpoint(path) -> LoadedModel:
     try:
         network.load_state_dict(state)
     except RuntimeError as err:
+        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(err).__name__)  # line 0: a header
         raise InputError(path, f"weights do not fit the model config stored in the checkpoint "
-                         f"({str(err).splitlines()[0][:200]})") from None
+                         f"({detail[:200]})") from None
     network.eval()
     return LoadedModel(Path(path), network, likelihood, meta)

@@ -11,6 +11,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cosmoinfer.data.datamodule import CMDDataModule
+from cosmoinfer.data.splits import save_split
 from cosmoinfer.errors import InputError
 from cosmoinfer.models.likelihoods import build_likelihood
 from cosmoinfer.models.network import build_network
@@ -30,7 +31,7 @@ def build_datamodule(cfg: DictConfig, out_dir: Path) -> CMDDataModule:
     kwargs = _container(cfg.data)
     target = kwargs.pop("_target_", None)
     cls = hydra.utils.get_class(target) if target else CMDDataModule
-    return cls(**kwargs, out_dir=str(out_dir))
+    return cls(**kwargs, out_dir=None if out_dir is None else str(out_dir))
 
 
 def build_module(cfg: DictConfig, dm: CMDDataModule) -> PosteriorModule:
@@ -72,7 +73,11 @@ def train(cfg: DictConfig) -> float | None:
         dm_kwargs = {"split": ckpt["cosmoinfer"]["data"]["split"]}
         ckpt_path = str(last)
         log.info("resuming from %s (epoch %s)", last, ckpt.get("epoch"))
-    dm = build_datamodule(cfg, out_dir)
+    if cfg.get("resume"):
+        # a run killed while writing a checkpoint leaves AtomicCheckpointIO's temporary file behind
+        for stale in (out_dir / "checkpoints").glob(".*.ckpt.*.tmp"):
+            stale.unlink(missing_ok=True)
+    dm = build_datamodule(cfg, None)  # split.json is written below, once the whole config has passed
     if dm_kwargs:
         dm.split = dm_kwargs["split"]
     dm.setup("fit")
@@ -81,6 +86,7 @@ def train(cfg: DictConfig) -> float | None:
                          "data.split_fractions")
     module = build_module(cfg, dm)
     trainer = build_trainer(cfg, out_dir)
+    save_split(dm.split, out_dir / "split.json")
     trainer.fit(module, datamodule=dm, ckpt_path=ckpt_path)
     ckpt_cb = trainer.checkpoint_callback
     score = ckpt_cb.best_model_score if ckpt_cb is not None else None

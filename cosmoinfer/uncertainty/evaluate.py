@@ -99,6 +99,8 @@ def evaluate(cfg: DictConfig) -> Path:
     if method not in METHODS:
         raise InputError("evaluator.name", f"unknown evaluator {method!r}; choose one of {list(METHODS)}")
     paths = resolve_checkpoints(cfg.checkpoints)
+    if not paths:
+        raise InputError("checkpoints", "no checkpoint given; pass a path, a list, a folder or a glob")
     if method in ("single", "mc_dropout") and len(paths) != 1:
         raise InputError(paths[0], f"evaluator={method} takes one checkpoint, got {len(paths)}; "
                          f"use evaluator=ensemble{'_mc_dropout' if method == 'mc_dropout' else ''}")
