@@ -1,0 +1,1 @@
+"""Multi-stage runs built from the console scripts (``python -m pipelines.<name>``)."""

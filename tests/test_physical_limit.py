@@ -1,0 +1,67 @@
+"""Smoke test of the statistical benchmark command (``python -m pipelines.physical_limit``).
+
+Only the shape of the results is checked here: the statistical targets are measured by the
+benchmark itself (benchmarks/RESULTS.md), never asserted in unit tests.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pipelines import physical_limit as pl
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_quick_grf_run_writes_json_and_table(tmp_path):
+    out = tmp_path / "pl"
+    js, md = tmp_path / "physical_limit.json", tmp_path / "RESULTS.md"
+    md.write_text("# Benchmarks\n\n## Performance\n\nkept as is\n")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    r = subprocess.run([sys.executable, "-m", "pipelines.physical_limit", "--scale", "quick", "--only", "grf",
+                        "--out", str(out), "--json", str(js), "--md", str(md)],
+                       cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = json.loads(js.read_text())
+    assert set(res) == {"grf_fisher", "grf_fisher_ensemble"}
+    for exp in res.values():
+        assert set(exp) == {"Omega_m", "sigma_8"}
+        for metrics in exp.values():
+            assert set(pl.GRF_METRICS) <= set(metrics)
+            assert all(v is None or isinstance(v, (int, float)) for v in metrics.values())
+    text = md.read_text()
+    assert text.startswith("# Benchmarks\n\n## Performance\n\nkept as is\n")  # other sections untouched
+    assert text.count(pl.SECTION) == 1 and "grf_fisher" in text
+    # a rerun finds every stage done and only recomputes the figures
+    r = subprocess.run([sys.executable, "-m", "pipelines.physical_limit", "--scale", "quick", "--only", "grf",
+                        "--out", str(out), "--json", str(js), "--md", str(md)],
+                       cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
+    assert r.returncode == 0 and "running" not in r.stdout
+    assert md.read_text().count(pl.SECTION) == 1
+
+
+def test_results_md_section_is_replaced_in_place_and_keeps_notes(tmp_path):
+    md = tmp_path / "RESULTS.md"
+    md.write_text(f"# B\n\n{pl.SECTION}\n\nold table\n\n### Notes\n\nhand-written\n\n## Later\n\nstays\n")
+    notes = pl.old_notes(md)
+    assert notes == "hand-written"
+    pl.update_results_md(md, f"{pl.SECTION}\n\nnew table\n\n### Notes\n\n{notes}\n")
+    text = md.read_text()
+    assert "old table" not in text and "new table" in text and "hand-written" in text
+    assert text.index(pl.SECTION) < text.index("## Later") and text.endswith("stays\n")
+
+
+@pytest.mark.parametrize("scale", ["quick", "reduced", "full"])
+def test_every_scale_builds_a_consistent_task_graph(tmp_path, scale):
+    tasks = pl.all_tasks(tmp_path, pl.scale_config(scale), pl.PARTS)
+    names = {t.name for t in tasks}
+    assert len(names) == len(tasks)
+    assert all(d in names for t in tasks for d in t.deps)
+    cross = [t for t in tasks if t.name.startswith("cross evaluate")]
+    assert cross and all("split=all" in t.args and "data.suite=SynthSIMBA" in t.args for t in cross)
