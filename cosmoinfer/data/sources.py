@@ -8,8 +8,15 @@ Both expose the same small interface, used by :class:`cosmoinfer.data.dataset.Ma
 - ``read(i0, i1) -> (i1-i0, C, H, W)`` float32, a contiguous block of maps in physical units.
 
 Map ``i`` belongs to simulation ``i // maps_per_sim`` (15 in CMD). Nothing here loads a whole
-file: ``.npy`` files are opened with ``mmap_mode="r"`` and HDF5 files are read chunk by chunk,
-opened lazily in each DataLoader worker process.
+file: ``.npy`` files are opened with ``np.load(mmap_mode="r")`` and HDF5 files are read chunk by
+chunk, opened lazily in each DataLoader worker process.
+
+Resident memory: the ``.npy`` memory maps give the header, shape and data offset, but the maps
+themselves are read with positional reads (``os.preadv``) at that offset. Pages touched through a
+memory map stay mapped into the process and count towards its resident set, so one epoch over a
+4 GB file would leave a reader (and every DataLoader worker) with up to 4 GB resident; read with
+``pread`` the data passes through the OS page cache, which is not charged to the process
+(``benchmarks/perf_data.py`` measures both).
 """
 
 from __future__ import annotations
@@ -23,6 +30,19 @@ import numpy as np
 from cosmoinfer.data.manifest import Manifest, find_manifest, load_params_table
 from cosmoinfer.data.priors import Prior
 from cosmoinfer.errors import InputError
+
+_PREAD = hasattr(os, "preadv")
+
+
+def _pread_into(fh, out: np.ndarray, offset: int, path) -> None:
+    """Fill the C-contiguous array ``out`` with the bytes of ``fh`` from ``offset`` on (positional reads)."""
+    view = memoryview(out).cast("B")
+    done = 0
+    while done < len(view):
+        got = os.preadv(fh.fileno(), [view[done:]], offset + done)
+        if got <= 0:
+            raise InputError(path, f"unexpected end of file at byte {offset + done}; the file is truncated")
+        done += got
 
 
 class CMDSource:
@@ -53,19 +73,47 @@ class CMDSource:
                 raise InputError(self.paths[self.fields.index(f)], f"shape {self.manifest.fields[f].shape} "
                                  f"differs from field {self.fields[0]}'s {shape}")
         self._mmaps = None
+        self._files = None
+        self._pid = None
 
     def _open(self):
         if self._mmaps is None:
             self._mmaps = [np.load(p, mmap_mode="r") for p in self.paths]
         return self._mmaps
 
+    def _handles(self):
+        """Unbuffered read handles, one per field, opened lazily once per process (after a fork too)."""
+        if self._files is None or self._pid != os.getpid():
+            self._files = [open(p, "rb", buffering=0) for p in self.paths]
+            self._pid = os.getpid()
+        return self._files
+
+    def _rows(self, channel: int, i0: int, i1: int) -> np.ndarray:
+        """Rows ``i0:i1`` (slice semantics) of one field's file, in its own dtype, without mapping them."""
+        m = self._open()[channel]
+        rows = range(m.shape[0])[i0:i1]
+        if rows.step != 1 or not _PREAD or not m.flags.c_contiguous:
+            return np.asarray(m[i0:i1])
+        out = np.empty((len(rows),) + m.shape[1:], dtype=m.dtype)
+        if len(rows):
+            _pread_into(self._handles()[channel], out, int(m.offset) + rows.start * int(m.strides[0]),
+                        self.paths[channel])
+        return out
+
     def read(self, i0: int, i1: int) -> np.ndarray:
-        """Maps ``i0:i1`` as ``(n, C, H, W)`` float32 (copies only that block)."""
-        return np.stack([np.asarray(m[i0:i1], dtype=np.float32) for m in self._open()], axis=1)
+        """Maps ``i0:i1`` as ``(n, C, H, W)`` float32 (reads only that block)."""
+        if len(self.paths) == 1:
+            return self._rows(0, i0, i1).astype(np.float32, copy=False)[:, None]
+        return np.stack([self._rows(c, i0, i1).astype(np.float32, copy=False) for c in range(len(self.paths))],
+                        axis=1)
 
     def read_one(self, i: int) -> np.ndarray:
         """Map ``i`` as ``(C, H, W)`` float32."""
-        return np.stack([np.asarray(m[i], dtype=np.float32) for m in self._open()], axis=0)
+        i = range(self.n_maps)[i]  # IndexError like numpy, negative indices allowed
+        if len(self.paths) == 1:
+            return self._rows(0, i, i + 1).astype(np.float32, copy=False)
+        return np.stack([self._rows(c, i, i + 1)[0].astype(np.float32, copy=False)
+                         for c in range(len(self.paths))], axis=0)
 
     def describe(self, i: int) -> str:
         return f"{self.paths[0] if len(self.paths) == 1 else self.root} map {i}"
@@ -73,9 +121,18 @@ class CMDSource:
     def file_of(self, channel: int) -> Path:
         return self.paths[channel]
 
-    def __getstate__(self):  # memmaps are reopened in each worker
+    def __del__(self):
+        for fh in getattr(self, "_files", None) or []:
+            try:
+                fh.close()
+            except OSError:
+                pass
+
+    def __getstate__(self):  # memmaps and read handles are reopened in each worker
         state = self.__dict__.copy()
         state["_mmaps"] = None
+        state["_files"] = None
+        state["_pid"] = None
         return state
 
 

@@ -50,11 +50,14 @@ def fit_normalizer(source, train_indices: np.ndarray, log: Sequence[bool], offse
 
     Every map in ``check_indices`` (default: all maps) is checked for NaN/inf and, in log
     channels, for values ``x + offset <= 0``; a bad map raises :class:`InputError` naming the
-    file, the map index and the problem. Memory stays at one block of maps.
+    file, the map index and the problem. Memory stays at one block of maps: at most ``block`` maps
+    and at most about 32 MB of float64 per block (64 maps of 256^2 with one channel), since the
+    float64 copies and their temporaries are several times the block's size.
     """
     log = np.asarray(log, dtype=bool)
     offset = np.asarray(offset, dtype=np.float64)
     n_ch = len(log)
+    block = max(1, min(int(block), (32 << 20) // (8 * n_ch * int(source.grid) ** 2)))
     is_train = np.zeros(source.n_maps, dtype=bool)
     is_train[np.asarray(train_indices, dtype=np.int64)] = True
     check = np.zeros(source.n_maps, dtype=bool)

@@ -239,6 +239,21 @@ class CamelsLikeSimulator:
         return self.lognormal_amplitude * np.exp(-0.5 * (self.k * self.lognormal_smoothing) ** 2)
 
     @cached_property
+    def _unique_weight(self) -> np.ndarray:
+        """Full-grid modes per distinct |k| divided by N^3: ``var = sum_u w_u amp_u^2`` (see :meth:`_variance`)."""
+        ku, inv = self._k_unique
+        w = np.broadcast_to(self._mode_weight, inv.shape)
+        return np.bincount(inv.ravel(), weights=w.ravel(), minlength=len(ku)) / self.grid**3
+
+    def _amplitude_unique(self, Omega_m: float, sigma_8: float) -> np.ndarray:
+        """:meth:`gaussian_amplitude` on the distinct |k| of the grid (it depends on |k| only)."""
+        ku, _ = self._k_unique
+        with np.errstate(divide="ignore"):
+            p = linear_power(ku, Omega_m, sigma_8) / self.cell**3
+        p[ku == 0] = 0.0
+        return np.sqrt(p) * (self.lognormal_amplitude * np.exp(-0.5 * (ku * self.lognormal_smoothing) ** 2))
+
+    @cached_property
     def _slabs(self) -> np.ndarray:
         return slab_matrix(self.grid, self.n_slabs)
 
@@ -268,17 +283,22 @@ class CamelsLikeSimulator:
         (units of the mean baryon density)."""
         Om, s8, A_SN1, A_AGN1, A_SN2, A_AGN2 = (float(v) for v in theta[:6])
         n = self.grid
-        amp = self.gaussian_amplitude(Om, s8)
-        gk = np.fft.rfftn(rng.standard_normal((n, n, n)))
-        gk *= amp
-        supp = np.sqrt(self.feedback.suppression(self.k, A_SN1, A_AGN1, A_SN2, A_AGN2))
-        g = np.fft.irfftn(gk, s=(n, n, n), axes=(0, 1, 2))
-        rho_dm = np.exp(g - 0.5 * self._variance(amp), out=g)
-        gk *= supp
-        g = np.fft.irfftn(gk, s=(n, n, n), axes=(0, 1, 2))
-        rho_gas = np.exp(g - 0.5 * self._variance(amp * supp), out=g)
+        # the filters depend on |k| only: evaluate them on the distinct |k| and gather once
+        ku, inv = self._k_unique
+        amp = self._amplitude_unique(Om, s8)
+        amp_gas = amp * np.sqrt(self.feedback.suppression(ku, A_SN1, A_AGN1, A_SN2, A_AGN2))
+        wk = np.fft.rfftn(rng.standard_normal((n, n, n)))
+        g = np.fft.irfftn(wk * amp[inv], s=(n, n, n), axes=(0, 1, 2))
+        g -= 0.5 * float(amp**2 @ self._unique_weight)
+        rho_dm = np.exp(g, out=g)
+        wk *= amp_gas[inv]
+        g = np.fft.irfftn(wk, s=(n, n, n), axes=(0, 1, 2))
+        g -= 0.5 * float(amp_gas**2 @ self._unique_weight)
+        rho_gas = np.exp(g, out=g)
         fb = OMEGA_B / Om
-        out = dict(rho_dm=rho_dm, rho_gas=rho_gas, rho_m=(1 - fb) * rho_dm + fb * rho_gas)
+        rho_m = rho_dm * (1 - fb)
+        rho_m += fb * rho_gas
+        out = dict(rho_dm=rho_dm, rho_gas=rho_gas, rho_m=rho_m)
         fm = self.feedback
         if "T" in fields:
             T0 = 10**fm.logT0 * A_SN2**fm.t_sn2 * A_AGN2**fm.t_agn2 * A_AGN1**fm.t_agn

@@ -94,6 +94,43 @@ def parameter_grid(priors: Sequence[Prior], n_grid: int) -> tuple[np.ndarray, np
     return axes[:, 0], axes[:, 1]
 
 
+#: Parameter-grid terms kept per simulator instance (each can be ~100 MB at n_grid = 256).
+_GRID_CACHE_SIZE = 2
+
+
+def _grid_terms(sim: GRFSimulator, priors: Sequence[Prior], n_grid: int):
+    """What :func:`exact_posterior` needs on the parameter grid, independent of the maps.
+
+    ``(om (n,), s8 (n,), inv (R, n^2) = 1 / (N^2 P), const (n^2,), t (n^2, 2), t2 (n^2, 3), centre (2,))``.
+    The spectra on the grid (``n`` EH98 transfer functions projected over the slab) cost seconds,
+    more than the posterior of hundreds of maps, so they are computed once per simulator, priors
+    and grid and kept on ``sim`` (the last :data:`_GRID_CACHE_SIZE`); callers that go through the
+    maps block by block pay for them once.
+    """
+    key = (n_grid, sim.grid, sim.box_size, sim.slab_thickness, sim.noise_std,
+           tuple(repr(sorted(p.to_dict().items())) for p in priors))
+    cache = sim.__dict__.setdefault("_exact_grid_terms", {})
+    if key in cache:
+        return cache[key]
+    om, s8 = parameter_grid(priors, n_grid)
+    b = sim.signal_ring_power(om)  # (n, R)
+    p = s8[None, :, None] ** 2 * b[:, None, :] + sim.noise_std**2  # (n, n, R)
+    p = p.reshape(n_grid * n_grid, -1)
+    inv = np.ascontiguousarray((1.0 / (sim.grid**2 * p)).T)  # (R, n^2)
+    const = -0.5 * (np.log(p) @ sim.rings.count + _n_modes(sim) * _LOG_2PI)  # (n^2,)
+    theta = np.stack(np.meshgrid(om, s8, indexing="ij"), axis=-1).reshape(-1, 2)  # (n^2, 2)
+    centre = theta.mean(axis=0)
+    t = theta - centre  # centred, so the second moments lose no precision
+    t2 = np.stack([t[:, 0] ** 2, t[:, 0] * t[:, 1], t[:, 1] ** 2], axis=1)  # (n^2, 3)
+    terms = (om, s8, inv, const, t, t2, centre)
+    for a in terms:
+        a.flags.writeable = False
+    while len(cache) >= _GRID_CACHE_SIZE:
+        cache.pop(next(iter(cache)))
+    cache[key] = terms
+    return terms
+
+
 def exact_posterior(
     maps,
     sim: GRFSimulator,
@@ -124,16 +161,7 @@ def exact_posterior(
     maps = np.asarray(maps)
     if maps.ndim == 2:
         maps = maps[None]
-    om, s8 = parameter_grid(priors, n_grid)
-    b = sim.signal_ring_power(om)  # (n, R)
-    p = s8[None, :, None] ** 2 * b[:, None, :] + sim.noise_std**2  # (n, n, R)
-    p = p.reshape(n_grid * n_grid, -1)
-    inv = (1.0 / (sim.grid**2 * p)).T  # (R, n^2)
-    const = -0.5 * (np.log(p) @ sim.rings.count + _n_modes(sim) * _LOG_2PI)  # (n^2,)
-    theta = np.stack(np.meshgrid(om, s8, indexing="ij"), axis=-1).reshape(-1, 2)  # (n^2, 2)
-    centre = theta.mean(axis=0)
-    t = theta - centre  # centred, so the second moments lose no precision
-    t2 = np.stack([t[:, 0] ** 2, t[:, 0] * t[:, 1], t[:, 1] ** 2], axis=1)  # (n^2, 3)
+    om, s8, inv, const, t, t2, centre = _grid_terms(sim, priors, int(n_grid))
 
     M = maps.shape[0]
     mean = np.empty((M, 2))
@@ -156,7 +184,8 @@ def exact_posterior(
         if return_log_post:
             log_post[i : i + chunk] = (lp - np.log(z)).reshape(-1, n_grid, n_grid)
     out = dict(
-        mean=mean, std=np.sqrt(np.diagonal(cov, axis1=1, axis2=2)), cov=cov, grid_Omega_m=om, grid_sigma_8=s8
+        mean=mean, std=np.sqrt(np.diagonal(cov, axis1=1, axis2=2)), cov=cov, grid_Omega_m=om.copy(),
+        grid_sigma_8=s8.copy()
     )
     if return_log_post:
         out["log_post"] = log_post

@@ -1,0 +1,1 @@
+"""Performance benchmarks of cosmoinfer: ``python -m benchmarks.run [--quick] [--only NAME ...]``."""
