@@ -67,7 +67,7 @@ def build_eval_datamodule(cfg: DictConfig, meta: dict) -> CMDDataModule:
     """
     d = cfg.get("data") or {}
     common = dict(set=d.get("set") or meta["set"], fields=meta["fields"], split_seed=meta["split"].get("seed", 0),
-                  eval_batch_size=int(d.get("eval_batch_size", 256)), num_workers=int(d.get("num_workers", 0)),
+                  eval_batch_size=int(d.get("eval_batch_size") or 64), num_workers=int(d.get("num_workers", 0)),
                   normalizer=meta["normalizer"], augment=False, validate="all")
     if meta.get("split", {}).get("fractions"):
         common["split_fractions"] = meta["split"]["fractions"]
