@@ -7,6 +7,7 @@ import logging
 import re
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig, ListConfig
 
 from cosmoinfer.data.datamodule import CMDDataModule
@@ -145,16 +146,13 @@ def exact_posterior_datasets(cfg: DictConfig, dm: CMDDataModule, split: str, pos
     sim = GRFSimulator(**{k: v for k, v in sim_cfg.items() if k in ("grid", "box_size", "slab_thickness",
                                                                       "noise_std")})
     idx = dm.datasets[split].indices
-    maps = dm.source.read(0, 0)  # warm the memmap
     res = {"mean": [], "std": []}
     for i0 in range(0, len(idx), 512):
         block = idx[i0:i0 + 512]
-        maps = dm.source.read(int(block[0]), int(block[-1]) + 1)[block - block[0], 0]
+        maps = np.stack([dm.source.read_one(int(i))[0] for i in block])  # only these maps, ``(n, H, W)``
         r = exact_posterior(maps, sim, dm.priors, n_grid=int(cfg.get("exact_grid", 96)))
         res["mean"].append(r["mean"])
         res["std"].append(r["std"])
-    import numpy as np
-
     return {"exact_mean": np.concatenate(res["mean"]), "exact_std": np.concatenate(res["std"])}
 
 
