@@ -12,7 +12,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from cosmoinfer.data.datamodule import CMDDataModule
 from cosmoinfer.data.splits import save_split
-from cosmoinfer.errors import InputError
 from cosmoinfer.models.likelihoods import build_likelihood
 from cosmoinfer.models.network import build_network
 from cosmoinfer.training.callbacks import AtomicCheckpointIO, NonFiniteGuard
@@ -66,11 +65,10 @@ def train(cfg: DictConfig) -> float | None:
     out_dir = Path(cfg.out_dir)
     pl.seed_everything(int(cfg.seed), workers=True)
     last = out_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = None
-    dm_kwargs = {}
+    ckpt_path = resume_split = None
     if cfg.get("resume") and last.is_file():
         ckpt = read_checkpoint(last)  # refuses pickled code before Lightning touches the file
-        dm_kwargs = {"split": ckpt["cosmoinfer"]["data"]["split"]}
+        resume_split = ckpt["cosmoinfer"]["data"]["split"]
         ckpt_path = str(last)
         log.info("resuming from %s (epoch %s)", last, ckpt.get("epoch"))
     if cfg.get("resume"):
@@ -78,12 +76,9 @@ def train(cfg: DictConfig) -> float | None:
         for stale in (out_dir / "checkpoints").glob(".*.ckpt.*.tmp"):
             stale.unlink(missing_ok=True)
     dm = build_datamodule(cfg, None)  # split.json is written below, once the whole config has passed
-    if dm_kwargs:
-        dm.split = dm_kwargs["split"]
-    dm.setup("fit")
-    if len(dm.datasets["val"]) == 0:
-        raise InputError(cfg.data.root, "the validation split is empty; use more simulations or change "
-                         "data.split_fractions")
+    if resume_split is not None:
+        dm.split = resume_split
+    dm.setup("fit")  # raises on an empty validation split
     module = build_module(cfg, dm)
     trainer = build_trainer(cfg, out_dir)
     save_split(dm.split, out_dir / "split.json")
