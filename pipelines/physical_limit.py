@@ -109,10 +109,16 @@ def scale_config(scale: str) -> dict:
 
 
 def ps_overrides(grid: int, positive: bool) -> list[str]:
-    """The power-spectrum baseline in place of the CNN: all |k| bins up to Nyquist, a 128-unit MLP."""
+    """The power-spectrum baseline in place of the CNN: linear |k| bins, a 128-unit MLP.
+
+    GRF maps (``positive=False``) are defined mode by mode on the FFT grid, so the bins run to the
+    grid corner: the exact likelihood uses every mode, and the ~21% beyond Nyquist carry a good
+    part of the amplitude information (an MLP on Nyquist-limited bins reached efficiency ~0.88,
+    with the corner bins ~0.94, on the same 21 000 maps). Other maps keep the usual Nyquist cut.
+    """
     out = ["model=ps_mlp", f"model.n_bins={min(32, grid // 2)}", "model.hidden=128"]
     if not positive:  # GRF delta maps: spectrum of M - mean(M), not of M / mean(M) - 1
-        out.append("model.overdensity=false")
+        out += ["model.overdensity=false", "model.k_max=corner"]
     return out
 
 

@@ -65,6 +65,24 @@ def test_cmd_cnn_widths_follow_cmd():
     assert build_network("cmd_cnn", 1, 256, 2, hidden=16, max_channels=128).n_features == 128
 
 
+def test_cmd_cnn_without_norm_predicts_each_map_independently_of_its_batch():
+    """norm=none: no BatchNorm anywhere, so in training mode a map's output ignores its batch mates."""
+    with_bn = build_network("cmd_cnn", 1, 32, 2, hidden=2, dropout=0.0)
+    plain = build_network("cmd_cnn", 1, 32, 2, hidden=2, dropout=0.0, norm="none")
+    assert any(isinstance(m, nn.BatchNorm2d) for m in with_bn.modules())
+    assert not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in plain.modules())
+    # same convolutions either way: only the normalisation layers differ
+    convs = lambda n: [m.weight.shape for m in n.modules() if isinstance(m, nn.Conv2d)]  # noqa: E731
+    assert convs(plain) == convs(with_bn)
+    x = _maps(4, 1, 32)
+    other = torch.cat([x[:1], 5.0 * _maps(3, 1, 32)])  # map 0 with different batch mates
+    plain.train(), with_bn.train()
+    torch.testing.assert_close(plain(x)[0], plain(other)[0])
+    assert not torch.allclose(with_bn(x)[0], with_bn(other)[0])
+    with pytest.raises(InputError, match="model.norm"):
+        build_network("cmd_cnn", 1, 32, 2, norm="layer")
+
+
 # ---------------------------------------------------------------------------------------------
 # periodic maps: circular equivariance / invariance
 # ---------------------------------------------------------------------------------------------

@@ -10,11 +10,14 @@ import pytest
 import torch
 
 from cosmoinfer.data.priors import standard_priors
+from cosmoinfer.errors import InputError
+from cosmoinfer.models import build_network
 from cosmoinfer.simulators.camels_like import SUITES, CamelsLikeSimulator, slab_matrix
 from cosmoinfer.simulators.dataset import maps_filename, params_filename, sim_seeds, simulate_dataset
 from cosmoinfer.simulators.grf import GRFSimulator, Rings
 from cosmoinfer.simulators.power import linear_power, sigma_R, slab_power_2d
 from cosmoinfer.simulators.summary import (
+    _binning,
     binned_power_spectrum,
     binned_power_spectrum_np,
     power_bin_centers,
@@ -289,6 +292,28 @@ def test_binned_power_white_noise_and_shapes():
     assert power_bin_centers(32, 6).shape == (6,)
     with pytest.raises(ValueError):
         binned_power_spectrum(x, n_bins=200)
+
+
+def test_binned_power_corner_bins_cover_every_mode():
+    """k_max=corner: the bins hold all H*W - 1 nonzero modes (Parseval), nyquist leaves the corners out."""
+    rng = np.random.default_rng(3)
+    x = torch.from_numpy(rng.normal(size=(3, 1, 16, 16)))
+    x = x - x.mean(dim=(-2, -1), keepdim=True)
+    for k_max, frac in (("corner", 1.0), ("nyquist", None)):
+        _, counts = _binning(16, 16, 5, k_max)
+        if frac is not None:
+            assert counts.sum() == 16 * 16 - 1
+        else:
+            assert counts.sum() < 16 * 16 - 1
+    p = binned_power_spectrum(x, 5, overdensity=False, k_max="corner")[:, 0].double()  # (3, 5)
+    _, counts = _binning(16, 16, 5, "corner")
+    total = (p * torch.from_numpy(counts)).sum(1)  # sum over modes of |X_k|^2 / (H W) = sum of x^2
+    torch.testing.assert_close(total, x.square().sum(dim=(1, 2, 3)), rtol=1e-5, atol=1e-6)
+    assert power_bin_edges(16, 5, "corner")[-1] == pytest.approx(np.hypot(8, 8))
+    with pytest.raises(ValueError, match="k_max"):
+        binned_power_spectrum(x, 5, k_max="edge")
+    with pytest.raises(InputError, match="model.k_max"):
+        build_network("ps_mlp", 1, 16, 2, n_bins=5, k_max="edge")
 
 
 def test_binned_power_of_grf_matches_ring_power():

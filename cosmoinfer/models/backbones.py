@@ -49,11 +49,16 @@ class CMDBackbone(nn.Module):
     ``hidden``: width knob; stage ``s`` has ``min(hidden * 2**(s+1), max_channels)`` channels and
     the output ``n_features = min(hidden * 2**(n_stages+1), max_channels)`` (CMD: 128 * hidden for
     grid 256; ``max_channels=None`` removes the cap). ``pool``: ``"conv"`` (CMD) or ``"avg"``.
+    ``norm``: ``"batch"`` (CMD) or ``"none"`` (no normalisation layer: each map's prediction then
+    never depends on the other maps of its batch, which keeps the amplitude of a Gaussian field,
+    i.e. sigma_8, free of batch-statistics noise; see ``conf/experiment/grf_fisher.yaml``).
     """
 
     def __init__(self, in_channels: int, grid: int, hidden: int = 16, max_channels: int | None = 512,
-                 pool: str = "conv"):
+                 pool: str = "conv", norm: str = "batch"):
         super().__init__()
+        if norm not in ("batch", "none"):
+            raise InputError(None, f"model.norm: {norm!r} is not batch or none")
         if not (_is_power_of_two(grid) and grid >= 8):
             raise InputError(None, f"model: cmd_cnn needs a map size that is a power of two >= 8, got grid={grid}")
         if pool not in ("conv", "avg"):
@@ -64,6 +69,10 @@ class CMDBackbone(nn.Module):
         self.n_stages = int(math.log2(grid)) - 2
         self.total_stride = 2**self.n_stages
         self.pool = pool
+        self.norm = norm
+
+        def bn(c: int) -> nn.Module:
+            return nn.BatchNorm2d(c) if norm == "batch" else nn.Identity()
 
         layers: list[nn.Module] = []
         cin = in_channels
@@ -71,19 +80,19 @@ class CMDBackbone(nn.Module):
             c = int(min(hidden * 2 ** (s + 1), cap))
             layers += [_conv3(cin, c)]
             if s > 0:  # CMD's very first conv has no BatchNorm
-                layers += [nn.BatchNorm2d(c)]
+                layers += [bn(c)]
             layers += [_act(),
-                       _conv3(c, c), nn.BatchNorm2d(c), _act(),
-                       nn.Conv2d(c, c, kernel_size=2, stride=2, padding=0, bias=True), nn.BatchNorm2d(c), _act()]
+                       _conv3(c, c), bn(c), _act(),
+                       nn.Conv2d(c, c, kernel_size=2, stride=2, padding=0, bias=True), bn(c), _act()]
             cin = c
         self.stages = nn.Sequential(*layers)
         self.n_features = int(min(hidden * 2 ** (self.n_stages + 1), cap))
         if pool == "conv":
             # 4x4 valid convolution -> 1x1 map (CMD's C61 layer)
             self.reduce = nn.Sequential(nn.Conv2d(cin, self.n_features, kernel_size=4, stride=1, padding=0),
-                                        nn.BatchNorm2d(self.n_features), _act())
+                                        bn(self.n_features), _act())
         else:
-            self.reduce = nn.Sequential(_conv3(cin, self.n_features), nn.BatchNorm2d(self.n_features), _act(),
+            self.reduce = nn.Sequential(_conv3(cin, self.n_features), bn(self.n_features), _act(),
                                         nn.AdaptiveAvgPool2d(1))
 
     def feature_map(self, x: Tensor) -> Tensor:

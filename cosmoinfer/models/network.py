@@ -13,13 +13,15 @@ is deterministic in eval mode, so it can run once and the head ``T`` times.
 
 Architectures (``arch``) and their options (defaults in brackets):
 
-* ``cmd_cnn``: ``hidden`` [16], ``dropout`` [0.2], ``max_channels`` [512], ``pool`` [conv | avg]
+* ``cmd_cnn``: ``hidden`` [16], ``dropout`` [0.2], ``max_channels`` [512], ``pool`` [conv | avg],
+  ``norm`` [batch | none]
   (:class:`~cosmoinfer.models.backbones.CMDBackbone`; head: dropout, FC(F -> F/2), LeakyReLU,
   dropout, FC(F/2 -> n_outputs), as in CMD).
 * ``resnet``: ``depth`` [[2, 2, 2, 2]], ``width`` [16], ``max_channels`` [512], ``dropout`` [0.2],
   ``dropout_in_blocks`` [false], ``head_hidden`` [F]
   (:class:`~cosmoinfer.models.backbones.ResNetBackbone`; head as for cmd_cnn with ``head_hidden``).
-* ``ps_mlp``: ``n_bins`` [16], ``overdensity`` [true], ``hidden`` [128], ``n_layers`` [2], ``dropout`` [0.2]
+* ``ps_mlp``: ``n_bins`` [16], ``overdensity`` [true], ``k_max`` [nyquist | corner], ``hidden`` [128],
+  ``n_layers`` [2], ``dropout`` [0.2]
   (:class:`~cosmoinfer.models.power_spectrum_net.PowerSpectrumBackbone`; head: ``n_layers`` x
   (FC, LeakyReLU, dropout), FC -> n_outputs).
 
@@ -123,10 +125,10 @@ def _as_list(v: Any) -> Any:
 
 #: Options each architecture accepts, with their defaults.
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cmd_cnn": {"hidden": 16, "dropout": 0.2, "max_channels": 512, "pool": "conv"},
+    "cmd_cnn": {"hidden": 16, "dropout": 0.2, "max_channels": 512, "pool": "conv", "norm": "batch"},
     "resnet": {"depth": [2, 2, 2, 2], "width": 16, "max_channels": 512, "dropout": 0.2,
                "dropout_in_blocks": False, "head_hidden": None},
-    "ps_mlp": {"n_bins": 16, "overdensity": True, "hidden": 128, "n_layers": 2, "dropout": 0.2},
+    "ps_mlp": {"n_bins": 16, "overdensity": True, "k_max": "nyquist", "hidden": 128, "n_layers": 2, "dropout": 0.2},
 }
 
 
@@ -154,7 +156,8 @@ def build_network(arch: str, in_channels: int, grid: int, n_outputs: int, init: 
     c, g, n = int(in_channels), int(grid), int(n_outputs)
 
     if arch == "cmd_cnn":
-        backbone = CMDBackbone(c, g, hidden=int(o["hidden"]), max_channels=o["max_channels"], pool=o["pool"])
+        backbone = CMDBackbone(c, g, hidden=int(o["hidden"]), max_channels=o["max_channels"], pool=o["pool"],
+                               norm=str(o["norm"]))
         f = backbone.n_features
         head = MLPHead(f, [max(f // 2, 1)], n, dropout=float(o["dropout"]), input_dropout=True)
     elif arch == "resnet":
@@ -164,7 +167,8 @@ def build_network(arch: str, in_channels: int, grid: int, n_outputs: int, init: 
         hh = f if o["head_hidden"] is None else int(o["head_hidden"])
         head = MLPHead(f, [hh], n, dropout=float(o["dropout"]), input_dropout=True)
     else:
-        backbone = PowerSpectrumBackbone(c, g, n_bins=int(o["n_bins"]), overdensity=o["overdensity"])
+        backbone = PowerSpectrumBackbone(c, g, n_bins=int(o["n_bins"]), overdensity=o["overdensity"],
+                                         k_max=str(o["k_max"]))
         head = MLPHead(backbone.n_features, [int(o["hidden"])] * int(o["n_layers"]), n,
                        dropout=float(o["dropout"]), input_dropout=False)
     init_weights(backbone, init)

@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from cosmoinfer.errors import InputError
-from cosmoinfer.simulators.summary import binned_power_spectrum
+from cosmoinfer.simulators.summary import K_MAX, binned_power_spectrum
 
 
 def _pairs(c: int) -> tuple[Tensor, Tensor]:
@@ -43,20 +43,24 @@ class PowerSpectrumBackbone(nn.Module):
     physical (identity statistics) and a warning is given on the first forward pass.
     """
 
-    def __init__(self, in_channels: int, grid: int, n_bins: int = 16, overdensity: bool | Sequence[bool] = True):
+    def __init__(self, in_channels: int, grid: int, n_bins: int = 16, overdensity: bool | Sequence[bool] = True,
+                 k_max: str = "nyquist"):
         super().__init__()
         c = int(in_channels)
         od = [bool(overdensity)] * c if isinstance(overdensity, bool) else [bool(o) for o in overdensity]
         if len(od) != c:
             raise InputError(None, f"model.overdensity: got {len(od)} flags for {c} input channels")
+        if k_max not in K_MAX:
+            raise InputError(None, f"model.k_max: {k_max!r} is not one of {', '.join(K_MAX)}")
         if not 1 <= n_bins <= grid // 2:
             raise InputError(None, f"model.n_bins must be in [1, grid/2 = {grid // 2}], got {n_bins}")
         try:  # fail at build time, not in the first training step, if some |k| bin would be empty
-            binned_power_spectrum(torch.ones(1, 1, grid, grid), int(n_bins), True)
+            binned_power_spectrum(torch.ones(1, 1, grid, grid), int(n_bins), True, k_max)
         except ValueError as err:
             raise InputError(None, f"model.n_bins: {err}") from None
         self.in_channels, self.grid, self.n_bins = c, int(grid), int(n_bins)
         self.overdensity = od
+        self.k_max = k_max
         self.register_buffer("input_mean", torch.zeros(c))
         self.register_buffer("input_std", torch.ones(c))
         self.register_buffer("input_log", torch.zeros(c, dtype=torch.bool))
@@ -107,7 +111,8 @@ class PowerSpectrumBackbone(nn.Module):
         The inverse normalisation runs in float64 (``10**x`` of log fields), as does the FFT.
         """
         with torch.autocast(device_type=x.device.type, enabled=False):
-            return binned_power_spectrum(self.physical(x.to(torch.float64)), self.n_bins, self.overdensity)
+            return binned_power_spectrum(self.physical(x.to(torch.float64)), self.n_bins, self.overdensity,
+                                         self.k_max)
 
     def summaries(self, x: Tensor) -> Tensor:
         """Unstandardised features ``(B, n_features)``: ``log10`` auto powers, cross-correlation coefficients."""
