@@ -94,12 +94,12 @@ def scale_config(scale: str) -> dict:
                      ps=["trainer.max_epochs=20"], exact_grid=96),
             camels=dict(n_sims=200, grid=32, split=None, cnn=["model.hidden=8", "trainer.max_epochs=12"],
                         ps=["trainer.max_epochs=30"]),
-            sweep=dict(knob="lognormal_amplitude", values=[0.5, 1.0, 2.0], n_sims=100, grid=32, split=None,
-                       cnn=["model.hidden=8", "trainer.max_epochs=10"], ps=["trainer.max_epochs=30"]),
+            sweep=dict(knob="lognormal_amplitude", values=[0.5, 1.0, 1.5, 2.0], n_sims=400, grid=32, split=None,
+                       cnn=["model.hidden=8", "trainer.max_epochs=15"], ps=["trainer.max_epochs=30"]),
         )
     if scale == "full":
         return dict(
-            grf=dict(n_sims=2000, grid=64, split=None, members=3, cnn=[], member=[], ps=["trainer.max_epochs=20"],
+            grf=dict(n_sims=4000, grid=64, split=None, members=3, cnn=[], member=[], ps=["trainer.max_epochs=20"],
                      exact_grid=128),
             camels=dict(n_sims=1000, grid=64, split=None, cnn=[], ps=["trainer.max_epochs=30"]),
             sweep=dict(knob="lognormal_amplitude", values=[0.5, 1.0, 1.5, 2.0], n_sims=300, grid=64, split=None,
@@ -109,16 +109,16 @@ def scale_config(scale: str) -> dict:
 
 
 def ps_overrides(grid: int, positive: bool) -> list[str]:
-    """The power-spectrum baseline in place of the CNN: linear |k| bins, a 128-unit MLP.
+    """The power-spectrum baseline in place of the CNN: linear |k| bins to the grid corner, a 128-unit MLP.
 
-    GRF maps (``positive=False``) are defined mode by mode on the FFT grid, so the bins run to the
-    grid corner: the exact likelihood uses every mode, and the ~21% beyond Nyquist carry a good
-    part of the amplitude information (an MLP on Nyquist-limited bins reached efficiency ~0.88,
-    with the corner bins ~0.94, on the same 21 000 maps). Other maps keep the usual Nyquist cut.
+    The bins run to the grid corner (``model.k_max=corner``), so the baseline sees every mode the
+    CNN sees: the ~21% of modes beyond Nyquist carry a good part of the amplitude information (on
+    the grf_fisher maps an MLP on Nyquist-limited bins reached efficiency ~0.88, with the corner
+    bins ~0.94, from the same 21 000 maps).
     """
-    out = ["model=ps_mlp", f"model.n_bins={min(32, grid // 2)}", "model.hidden=128"]
+    out = ["model=ps_mlp", f"model.n_bins={min(32, grid // 2)}", "model.hidden=128", "model.k_max=corner"]
     if not positive:  # GRF delta maps: spectrum of M - mean(M), not of M / mean(M) - 1
-        out += ["model.overdensity=false", "model.k_max=corner"]
+        out.append("model.overdensity=false")
     return out
 
 
@@ -276,7 +276,8 @@ def grf_tasks(out: Path, sc: dict) -> list[Task]:
                                 ["grf simulate"]))
     ps = root / "ps" / "members" / "0"
     tasks.append(train_task("grf train ps", ps, out, "grf_fisher", data, 0,
-                            [*split, *ps_overrides(g["grid"], positive=False), "~model.pool", *g["ps"]],
+                            [*split, *ps_overrides(g["grid"], positive=False), "~model.pool", "~model.activation",
+                             *g["ps"]],
                             ["grf simulate"]))
     exact = [f"exact_grid={g['exact_grid']}"]
     models = {"cnn_single": ([members[0]], ["grf train cnn 0"]),
@@ -732,6 +733,9 @@ def render_section(results: dict, info: dict, notes: str) -> str:
           f"{info['threads']} thread(s) each; wall time of this invocation {info['wall_minutes']:.1f} min). "
           "Times are wall clock on a machine shared with other jobs, so they are upper bounds. "
           "Figures: `benchmarks/results/physical_limit.json`.", ""]
+    if info.get("parts_run"):
+        L += ["Each part's last run (scale, date): " +
+              "; ".join(f"{p}: {v}" for p, v in sorted(info["parts_run"].items())) + ".", ""]
     if info.get("failed"):
         L += ["Failed or skipped stages: " + "; ".join(f"`{k}`: {v}" for k, v in info["failed"].items()), ""]
     g = grf_table(results)
@@ -847,6 +851,8 @@ def main(argv=None) -> int:
     keep = ("failed",) + (("command", "wall_minutes", "date", "jobs", "threads") if a.summary_only and old_info else ())
     old_info.update({k: v for k, v in info.items() if k not in keep})
     old_info.setdefault("failed_by_run", {})[info["date"]] = runner.failed
+    if not a.summary_only:  # which scale and when each part last ran (parts may run separately)
+        old_info.setdefault("parts_run", {}).update({p: f"{a.scale}, {info['date']}" for p in parts})
     runs_info.write_text(json.dumps(old_info, indent=2, default=str) + "\n")
     info_all = {**old_info, "failed": runner.failed}
     update_results_md(md_path, render_section(merged, info_all, old_notes(md_path)))

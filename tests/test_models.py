@@ -83,6 +83,20 @@ def test_cmd_cnn_without_norm_predicts_each_map_independently_of_its_batch():
         build_network("cmd_cnn", 1, 32, 2, norm="layer")
 
 
+@pytest.mark.parametrize("activation,kind", [("leaky_relu", nn.LeakyReLU), ("gelu", nn.GELU), ("silu", nn.SiLU)])
+def test_cmd_cnn_activation_option(activation, kind):
+    net = build_network("cmd_cnn", 1, 32, 2, hidden=2, activation=activation)
+    acts = [m for m in net.backbone.modules() if isinstance(m, (nn.LeakyReLU, nn.GELU, nn.SiLU))]
+    assert len(acts) == 3 * net.backbone.n_stages + 1 and all(isinstance(m, kind) for m in acts)
+    assert net.hparams["activation"] == activation
+
+
+def test_cmd_cnn_default_activation_is_cmds_and_unknown_is_refused():
+    assert build_network("cmd_cnn", 1, 32, 2, hidden=2).hparams["activation"] == "leaky_relu"
+    with pytest.raises(InputError, match="model.activation"):
+        build_network("cmd_cnn", 1, 32, 2, hidden=2, activation="tanh")
+
+
 # ---------------------------------------------------------------------------------------------
 # periodic maps: circular equivariance / invariance
 # ---------------------------------------------------------------------------------------------

@@ -33,7 +33,15 @@ def _conv3(cin: int, cout: int, stride: int = 1, bias: bool = True) -> nn.Conv2d
     return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, padding_mode="circular", bias=bias)
 
 
-def _act() -> nn.LeakyReLU:
+#: Activations of the CMD backbone (``model.activation``).
+ACTIVATIONS = ("leaky_relu", "gelu", "silu")
+
+
+def _act(name: str = "leaky_relu") -> nn.Module:
+    if name == "gelu":
+        return nn.GELU()
+    if name == "silu":
+        return nn.SiLU()
     return nn.LeakyReLU(LEAKY_SLOPE)
 
 
@@ -52,13 +60,20 @@ class CMDBackbone(nn.Module):
     ``norm``: ``"batch"`` (CMD) or ``"none"`` (no normalisation layer: each map's prediction then
     never depends on the other maps of its batch, which keeps the amplitude of a Gaussian field,
     i.e. sigma_8, free of batch-statistics noise; see ``conf/experiment/grf_fisher.yaml``).
+    ``activation``: ``"leaky_relu"`` (slope 0.2, CMD), ``"gelu"`` or ``"silu"``. A piecewise-linear
+    activation followed by a global average measures a band's amplitude through ``E|y|``, which
+    for a Gaussian field wastes ~12% of the information (the efficiency of the mean absolute
+    deviation against the variance); smooth activations have a quadratic term and can measure
+    the power ``E y^2`` itself.
     """
 
     def __init__(self, in_channels: int, grid: int, hidden: int = 16, max_channels: int | None = 512,
-                 pool: str = "conv", norm: str = "batch"):
+                 pool: str = "conv", norm: str = "batch", activation: str = "leaky_relu"):
         super().__init__()
         if norm not in ("batch", "none"):
             raise InputError(None, f"model.norm: {norm!r} is not batch or none")
+        if activation not in ACTIVATIONS:
+            raise InputError(None, f"model.activation: {activation!r} is not one of {', '.join(ACTIVATIONS)}")
         if not (_is_power_of_two(grid) and grid >= 8):
             raise InputError(None, f"model: cmd_cnn needs a map size that is a power of two >= 8, got grid={grid}")
         if pool not in ("conv", "avg"):
@@ -74,6 +89,9 @@ class CMDBackbone(nn.Module):
         def bn(c: int) -> nn.Module:
             return nn.BatchNorm2d(c) if norm == "batch" else nn.Identity()
 
+        def act() -> nn.Module:
+            return _act(activation)
+
         layers: list[nn.Module] = []
         cin = in_channels
         for s in range(self.n_stages):
@@ -81,18 +99,18 @@ class CMDBackbone(nn.Module):
             layers += [_conv3(cin, c)]
             if s > 0:  # CMD's very first conv has no BatchNorm
                 layers += [bn(c)]
-            layers += [_act(),
-                       _conv3(c, c), bn(c), _act(),
-                       nn.Conv2d(c, c, kernel_size=2, stride=2, padding=0, bias=True), bn(c), _act()]
+            layers += [act(),
+                       _conv3(c, c), bn(c), act(),
+                       nn.Conv2d(c, c, kernel_size=2, stride=2, padding=0, bias=True), bn(c), act()]
             cin = c
         self.stages = nn.Sequential(*layers)
         self.n_features = int(min(hidden * 2 ** (self.n_stages + 1), cap))
         if pool == "conv":
             # 4x4 valid convolution -> 1x1 map (CMD's C61 layer)
             self.reduce = nn.Sequential(nn.Conv2d(cin, self.n_features, kernel_size=4, stride=1, padding=0),
-                                        bn(self.n_features), _act())
+                                        bn(self.n_features), act())
         else:
-            self.reduce = nn.Sequential(_conv3(cin, self.n_features), bn(self.n_features), _act(),
+            self.reduce = nn.Sequential(_conv3(cin, self.n_features), bn(self.n_features), act(),
                                         nn.AdaptiveAvgPool2d(1))
 
     def feature_map(self, x: Tensor) -> Tensor:

@@ -14,7 +14,7 @@ is deterministic in eval mode, so it can run once and the head ``T`` times.
 Architectures (``arch``) and their options (defaults in brackets):
 
 * ``cmd_cnn``: ``hidden`` [16], ``dropout`` [0.2], ``max_channels`` [512], ``pool`` [conv | avg],
-  ``norm`` [batch | none]
+  ``norm`` [batch | none], ``activation`` [leaky_relu | gelu | silu]
   (:class:`~cosmoinfer.models.backbones.CMDBackbone`; head: dropout, FC(F -> F/2), LeakyReLU,
   dropout, FC(F/2 -> n_outputs), as in CMD).
 * ``resnet``: ``depth`` [[2, 2, 2, 2]], ``width`` [16], ``max_channels`` [512], ``dropout`` [0.2],
@@ -125,7 +125,8 @@ def _as_list(v: Any) -> Any:
 
 #: Options each architecture accepts, with their defaults.
 ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
-    "cmd_cnn": {"hidden": 16, "dropout": 0.2, "max_channels": 512, "pool": "conv", "norm": "batch"},
+    "cmd_cnn": {"hidden": 16, "dropout": 0.2, "max_channels": 512, "pool": "conv", "norm": "batch",
+                "activation": "leaky_relu"},
     "resnet": {"depth": [2, 2, 2, 2], "width": 16, "max_channels": 512, "dropout": 0.2,
                "dropout_in_blocks": False, "head_hidden": None},
     "ps_mlp": {"n_bins": 16, "overdensity": True, "k_max": "nyquist", "hidden": 128, "n_layers": 2, "dropout": 0.2},
@@ -157,7 +158,7 @@ def build_network(arch: str, in_channels: int, grid: int, n_outputs: int, init: 
 
     if arch == "cmd_cnn":
         backbone = CMDBackbone(c, g, hidden=int(o["hidden"]), max_channels=o["max_channels"], pool=o["pool"],
-                               norm=str(o["norm"]))
+                               norm=str(o["norm"]), activation=str(o["activation"]))
         f = backbone.n_features
         head = MLPHead(f, [max(f // 2, 1)], n, dropout=float(o["dropout"]), input_dropout=True)
     elif arch == "resnet":
