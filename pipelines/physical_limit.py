@@ -11,7 +11,7 @@ benchmark)" of ``benchmarks/RESULTS.md``::
 Parts (``--only`` picks one; default: all):
 
 * ``grf``: the ``grf_fisher`` experiment (Omega_m, sigma_8 from 64^2 GRF maps of the 25 Mpc/h box,
-  LH priors, 21 000 training / 7 500 test maps at ``reduced`` and ``full``): the default CMD CNN
+  LH priors; 21 000 training / 7 500 test maps at ``reduced``, 42 000 / 15 000 at ``full``): the default CMD CNN
   (ensemble member 0, capped at ``trainer.max_time``), further ensemble members, and the
   power-spectrum baseline (``model=ps_mlp``), evaluated on val and test; evaluate adds the exact
   posterior of every map (``exact_mean``, ``exact_std``). Per parameter:
@@ -89,7 +89,7 @@ def scale_config(scale: str) -> dict:
         )
     if scale == "reduced":
         return dict(
-            # the real grf_fisher data and default network; members 1.. with fewer epochs
+            # the grf_fisher network on half its data (2000 simulations); members 1.. with fewer epochs
             grf=dict(n_sims=2000, grid=64, split=None, members=2, cnn=[], member=["trainer.max_epochs=3"],
                      ps=["trainer.max_epochs=20"], exact_grid=96),
             camels=dict(n_sims=200, grid=32, split=None, cnn=["model.hidden=8", "trainer.max_epochs=12"],
