@@ -114,10 +114,15 @@ def ps_overrides(grid: int, positive: bool) -> list[str]:
     The bins run to the grid corner (``model.k_max=corner``), so the baseline sees every mode the
     CNN sees: the ~21% of modes beyond Nyquist carry a good part of the amplitude information (on
     the grf_fisher maps an MLP on Nyquist-limited bins reached efficiency ~0.88, with the corner
-    bins ~0.94, from the same 21 000 maps).
+    bins ~0.94, from the same 21 000 maps). Positive fields (camels_like) also give the baseline
+    the log map mean (``model.include_mean=true``), which the overdensity spectra drop: a Mtot
+    map's mean is ``rho_crit Omega_m L_s`` times the slab density, a near-direct Omega_m measurement
+    that the CNN sees, so without it the CNN-vs-PS gap would be mostly the mean.
     """
     out = ["model=ps_mlp", f"model.n_bins={min(32, grid // 2)}", "model.hidden=128", "model.k_max=corner"]
-    if not positive:  # GRF delta maps: spectrum of M - mean(M), not of M / mean(M) - 1
+    if positive:
+        out.append("model.include_mean=true")
+    else:  # GRF delta maps: spectrum of M - mean(M), not of M / mean(M) - 1
         out.append("model.overdensity=false")
     return out
 

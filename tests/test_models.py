@@ -273,6 +273,30 @@ def test_loss_configs_build(name):
 # ---------------------------------------------------------------------------------------------
 
 
+def test_ps_backbone_include_mean_adds_the_log_map_mean():
+    """Overdensity spectra cannot tell M from 3 M; with include_mean the features can (log10 mean last)."""
+    g = torch.Generator().manual_seed(2)
+    c, grid = 2, 16
+    phys = torch.exp(0.5 * torch.randn(4, c, grid, grid, generator=g, dtype=torch.float64))
+    phys[2:] = 3.0 * phys[:2]  # maps 2, 3: the same fields, three times the mass
+    phys[:, 1] *= 1e4
+    logmap = torch.log10(phys)
+    mean, std = logmap.mean((0, 2, 3)), logmap.std((0, 2, 3))
+    x = ((logmap - mean.view(1, c, 1, 1)) / std.view(1, c, 1, 1)).float()
+    plain = build_network("ps_mlp", c, grid, 2, n_bins=4, hidden=8).backbone
+    with_mean = build_network("ps_mlp", c, grid, 2, n_bins=4, hidden=8, include_mean=True).backbone
+    for bb in (plain, with_mean):
+        bb.set_input_stats(mean.tolist(), std.tolist(), [True, True])
+    assert with_mean.n_features == plain.n_features + c
+    f0, f1 = plain.summaries(x), with_mean.summaries(x)
+    torch.testing.assert_close(f1[:, :-c], f0)
+    torch.testing.assert_close(f0[2:], f0[:2], rtol=1e-4, atol=1e-4)  # spectra blind to the factor 3
+    expected = torch.log10(phys.mean(dim=(2, 3))).float()
+    torch.testing.assert_close(f1[:, -c:], expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(f1[2:, -c:] - f1[:2, -c:], torch.full((2, c), float(np.log10(3.0))), rtol=1e-4,
+                               atol=1e-4)
+
+
 def test_ps_backbone_sees_the_physical_maps():
     """Features of the normalised map equal the spectra of the physical (positive) map."""
     g = torch.Generator().manual_seed(1)

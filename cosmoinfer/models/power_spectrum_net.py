@@ -13,7 +13,8 @@ binned auto and cross spectra of every channel pair with
 * cross spectra -> the cross-correlation coefficient ``r(k) = P_ab / sqrt(P_aa P_bb)`` in
   ``[-1, 1]`` (a cross power can be negative, so it has no logarithm);
 
-then standardises them with a ``BatchNorm1d`` without affine parameters (running statistics
+optionally (``include_mean``) adds each channel's map mean (``log10`` for log fields), which the
+overdensity spectra drop, then standardises them with a ``BatchNorm1d`` without affine parameters (running statistics
 from training). The backbone has no trainable parameters and no dropout; the MLP head has both.
 """
 
@@ -44,7 +45,7 @@ class PowerSpectrumBackbone(nn.Module):
     """
 
     def __init__(self, in_channels: int, grid: int, n_bins: int = 16, overdensity: bool | Sequence[bool] = True,
-                 k_max: str = "nyquist"):
+                 k_max: str = "nyquist", include_mean: bool = False):
         super().__init__()
         c = int(in_channels)
         od = [bool(overdensity)] * c if isinstance(overdensity, bool) else [bool(o) for o in overdensity]
@@ -69,7 +70,8 @@ class PowerSpectrumBackbone(nn.Module):
         self.register_buffer("pair_a", a, persistent=False)
         self.register_buffer("pair_b", b, persistent=False)
         self.n_pairs = len(a)
-        self.n_features = self.n_pairs * self.n_bins
+        self.include_mean = bool(include_mean)
+        self.n_features = self.n_pairs * self.n_bins + (c if self.include_mean else 0)
         self.norm = nn.BatchNorm1d(self.n_features, affine=False)
         self._warned = False
 
@@ -105,6 +107,20 @@ class PowerSpectrumBackbone(nn.Module):
         lin = torch.pow(10.0, torch.where(od, z - zmax, z))
         return torch.where(self.input_log.view(1, c, 1, 1), lin, z)
 
+    def map_means(self, x: Tensor) -> Tensor:
+        """Per-map, per-channel mean of the physical map ``(B, C)``: ``log10`` of it for log10 channels.
+
+        The spectra of overdensities ``M / mean(M) - 1`` drop the mean; for maps such as CMD's Mtot
+        (``rho_crit Omega_m L_s`` times the slab's mean density) it is itself a summary statistic.
+        Float64, stable for log channels: ``log10 mean(10**z) = zmax + log10 mean(10**(z - zmax))``.
+        """
+        c = self.in_channels
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            z = x.to(torch.float64) * self.input_std.view(1, c, 1, 1).double() + self.input_mean.view(1, c, 1, 1).double()
+            zmax = z.amax(dim=(-2, -1))
+            log_mean = zmax + torch.log10(torch.pow(10.0, z - zmax[..., None, None]).mean(dim=(-2, -1)))
+            return torch.where(self.input_log.view(1, c), log_mean, z.mean(dim=(-2, -1)))
+
     def spectra(self, x: Tensor) -> Tensor:
         """Binned auto/cross spectra ``(B, C(C+1)/2, n_bins)`` (float32, pixel units) of the physical maps behind ``x``.
 
@@ -115,15 +131,18 @@ class PowerSpectrumBackbone(nn.Module):
                                          self.k_max)
 
     def summaries(self, x: Tensor) -> Tensor:
-        """Unstandardised features ``(B, n_features)``: ``log10`` auto powers, cross-correlation coefficients."""
+        """Unstandardised features ``(B, n_features)``: ``log10`` auto powers, cross-correlation coefficients,
+        and with ``include_mean`` the channels' map means (:meth:`map_means`) last."""
         p = torch.nan_to_num(self.spectra(x))  # (B, n_pairs, n_bins)
         is_auto = self.pair_a == self.pair_b
         autos = p[:, is_auto]  # (B, C, n_bins); row c is P_cc (pairs are in upper-triangle order)
         tiny = torch.finfo(p.dtype).tiny
         denom = torch.sqrt(autos[:, self.pair_a].clamp_min(tiny) * autos[:, self.pair_b].clamp_min(tiny))
         r = (p / denom).clamp(-1.0, 1.0)
-        feats = torch.where(is_auto.view(1, -1, 1), torch.log10(p.clamp_min(tiny)), r)
-        return feats.flatten(1).to(torch.float32)
+        feats = torch.where(is_auto.view(1, -1, 1), torch.log10(p.clamp_min(tiny)), r).flatten(1)
+        if self.include_mean:
+            feats = torch.cat([feats, self.map_means(x)], dim=1)
+        return feats.to(torch.float32)
 
     def forward(self, x: Tensor) -> Tensor:
         if not self._warned and not bool(self.stats_set):
