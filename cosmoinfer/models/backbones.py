@@ -84,7 +84,6 @@ class CMDBackbone(nn.Module):
         self.n_stages = int(math.log2(grid)) - 2
         self.total_stride = 2**self.n_stages
         self.pool = pool
-        self.norm = norm
 
         def bn(c: int) -> nn.Module:
             return nn.BatchNorm2d(c) if norm == "batch" else nn.Identity()

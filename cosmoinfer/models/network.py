@@ -20,8 +20,8 @@ Architectures (``arch``) and their options (defaults in brackets):
 * ``resnet``: ``depth`` [[2, 2, 2, 2]], ``width`` [16], ``max_channels`` [512], ``dropout`` [0.2],
   ``dropout_in_blocks`` [false], ``head_hidden`` [F]
   (:class:`~cosmoinfer.models.backbones.ResNetBackbone`; head as for cmd_cnn with ``head_hidden``).
-* ``ps_mlp``: ``n_bins`` [16], ``overdensity`` [true], ``k_max`` [nyquist | corner], ``include_mean`` [false], ``hidden`` [128],
-  ``n_layers`` [2], ``dropout`` [0.2]
+* ``ps_mlp``: ``n_bins`` [16], ``overdensity`` [true], ``k_max`` [nyquist | corner], ``include_mean`` [false],
+  ``hidden`` [128], ``n_layers`` [2], ``dropout`` [0.2]
   (:class:`~cosmoinfer.models.power_spectrum_net.PowerSpectrumBackbone`; head: ``n_layers`` x
   (FC, LeakyReLU, dropout), FC -> n_outputs).
 
@@ -129,7 +129,8 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
                 "activation": "leaky_relu"},
     "resnet": {"depth": [2, 2, 2, 2], "width": 16, "max_channels": 512, "dropout": 0.2,
                "dropout_in_blocks": False, "head_hidden": None},
-    "ps_mlp": {"n_bins": 16, "overdensity": True, "k_max": "nyquist", "include_mean": False, "hidden": 128, "n_layers": 2, "dropout": 0.2},
+    "ps_mlp": {"n_bins": 16, "overdensity": True, "k_max": "nyquist", "include_mean": False, "hidden": 128,
+               "n_layers": 2, "dropout": 0.2},
 }
 
 

@@ -14,12 +14,13 @@ binned auto and cross spectra of every channel pair with
   ``[-1, 1]`` (a cross power can be negative, so it has no logarithm);
 
 optionally (``include_mean``) adds each channel's map mean (``log10`` for log fields), which the
-overdensity spectra drop, then standardises them with a ``BatchNorm1d`` without affine parameters (running statistics
-from training). The backbone has no trainable parameters and no dropout; the MLP head has both.
+overdensity spectra drop, then standardises them with a ``BatchNorm1d`` without affine parameters
+(running statistics from training). The backbone has no trainable parameters and no dropout; the MLP head has both.
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Sequence
 
@@ -94,6 +95,11 @@ class PowerSpectrumBackbone(nn.Module):
         self.input_log.copy_(vals["log"])
         self.stats_set.fill_(True)
 
+    def _unnormalised(self, x: Tensor) -> Tensor:
+        """``x * std + mean`` per channel: the physical map, or its ``log10`` for log channels."""
+        c = self.in_channels
+        return x * self.input_std.view(1, c, 1, 1).to(x.dtype) + self.input_mean.view(1, c, 1, 1).to(x.dtype)
+
     def physical(self, x: Tensor) -> Tensor:
         """Undo the input normalisation: normalised ``(B,C,H,W)`` -> physical maps (same shape).
 
@@ -101,7 +107,7 @@ class PowerSpectrumBackbone(nn.Module):
         factor (``10**(x - max x)``, avoiding overflow), which leaves ``M / mean(M)`` unchanged.
         """
         c = self.in_channels
-        z = x * self.input_std.view(1, c, 1, 1).to(x.dtype) + self.input_mean.view(1, c, 1, 1).to(x.dtype)
+        z = self._unnormalised(x)
         od = torch.tensor(self.overdensity, device=x.device).view(1, c, 1, 1)
         zmax = z.amax(dim=(-2, -1), keepdim=True)
         lin = torch.pow(10.0, torch.where(od, z - zmax, z))
@@ -112,14 +118,12 @@ class PowerSpectrumBackbone(nn.Module):
 
         The spectra of overdensities ``M / mean(M) - 1`` drop the mean; for maps such as CMD's Mtot
         (``rho_crit Omega_m L_s`` times the slab's mean density) it is itself a summary statistic.
-        Float64, stable for log channels: ``log10 mean(10**z) = zmax + log10 mean(10**(z - zmax))``.
+        Float64; for log channels ``log10 mean(10**z)`` via ``logsumexp`` (no overflow).
         """
-        c = self.in_channels
         with torch.autocast(device_type=x.device.type, enabled=False):
-            z = x.to(torch.float64) * self.input_std.view(1, c, 1, 1).double() + self.input_mean.view(1, c, 1, 1).double()
-            zmax = z.amax(dim=(-2, -1))
-            log_mean = zmax + torch.log10(torch.pow(10.0, z - zmax[..., None, None]).mean(dim=(-2, -1)))
-            return torch.where(self.input_log.view(1, c), log_mean, z.mean(dim=(-2, -1)))
+            z = self._unnormalised(x.to(torch.float64)).flatten(2)  # (B, C, H*W)
+            log_mean = (torch.logsumexp(z * math.log(10.0), dim=-1) - math.log(z.shape[-1])) / math.log(10.0)
+            return torch.where(self.input_log.view(1, -1), log_mean, z.mean(dim=-1))
 
     def spectra(self, x: Tensor) -> Tensor:
         """Binned auto/cross spectra ``(B, C(C+1)/2, n_bins)`` (float32, pixel units) of the physical maps behind ``x``.

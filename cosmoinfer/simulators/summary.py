@@ -27,7 +27,6 @@ from typing import Sequence
 import numpy as np
 import torch
 
-
 K_MAX = ("nyquist", "corner")
 
 
