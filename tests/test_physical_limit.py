@@ -12,6 +12,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pipelines import physical_limit as pl
@@ -65,3 +66,39 @@ def test_every_scale_builds_a_consistent_task_graph(tmp_path, scale):
     assert all(d in names for t in tasks for d in t.deps)
     cross = [t for t in tasks if t.name.startswith("cross evaluate")]
     assert cross and all("split=all" in t.args and "data.suite=SynthSIMBA" in t.args for t in cross)
+
+
+def _preds(truth, mean, std, em, es):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(truth=truth, mean=mean, std=std, extra={"exact_mean": em, "exact_std": es})
+
+
+def test_exact_figures_of_a_network_that_is_the_exact_posterior():
+    """A network that outputs the exact posterior's mean and std scores efficiency 1, std ratio 1,
+    shift 0, and the same isotonic-recalibrated coverage error as the exact posterior's floor."""
+    from cosmoinfer.calibration.metrics import coverage_tolerance
+
+    rng = np.random.default_rng(0)
+
+    def draw(n):
+        std = rng.uniform(0.05, 0.2, size=(n, 2))
+        mean = rng.uniform(0.3, 0.7, size=(n, 2))
+        truth = mean + std * rng.standard_normal((n, 2))  # Gaussian posteriors: calibrated
+        return _preds(truth, mean, std, mean, std)
+
+    test, val = draw(20000), draw(4000)
+    ex = pl.exact_figures(test, val)
+    cal = pl.calibration_figures(test, val)
+    np.testing.assert_allclose(ex["efficiency"], 1.0)
+    np.testing.assert_allclose(ex["std_ratio_median"], 1.0)
+    np.testing.assert_allclose(ex["mean_shift"], 0.0)
+    np.testing.assert_allclose(ex["exact_coverage_error_isotonic"], cal["coverage_error_isotonic"])
+    # calibrated Gaussians: every coverage error is within the DKW tolerance of the maps involved
+    assert np.all(ex["exact_coverage_error"] <= coverage_tolerance(20000))
+    assert np.all(ex["exact_coverage_error_isotonic"] <= coverage_tolerance(4000) + coverage_tolerance(20000))
+    # a network with its means off by half a posterior std loses efficiency and shows the shift
+    off = _preds(test.truth, test.mean + 0.5 * test.std, test.std, test.mean, test.std)
+    ex_off = pl.exact_figures(off, val)
+    np.testing.assert_allclose(ex_off["efficiency"], 1 / 1.25, rtol=0.03)
+    assert np.all(ex_off["mean_shift"] > 0.45)
