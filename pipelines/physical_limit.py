@@ -57,6 +57,7 @@ import time
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -415,26 +416,22 @@ def exact_figures(test, val=None) -> dict[str, np.ndarray]:
     floor for a Gaussian-head network; after isotonic recalibration what is left is the fitting
     noise of the val maps, the floor of any recalibrated predictor.
     """
-    from cosmoinfer.calibration.metrics import coverage, coverage_error
-    from cosmoinfer.calibration.recalibration import fit_isotonic, fit_std_scaling
-
     em, es = test.extra["exact_mean"], test.extra["exact_std"]
     mse_net = np.mean((test.mean - test.truth) ** 2, axis=0)
     mse_ex = np.mean((em - test.truth) ** 2, axis=0)
     out = {"efficiency": mse_ex / mse_net,
            "std_ratio_median": np.median(test.std / es, axis=0),
-           "mean_shift": np.sqrt(np.mean((test.mean - em) ** 2, axis=0)) / np.mean(es, axis=0),
-           "exact_rmse": np.sqrt(mse_ex),
-           "exact_coverage_error": coverage_error(coverage(test.truth, em, es))}
-    if val is not None and "exact_mean" in val.extra:
-        vm, vs = val.extra["exact_mean"], val.extra["exact_std"]
-        s = fit_std_scaling(val.truth, vm, vs)
-        out["exact_coverage_error_recalibrated"] = coverage_error(coverage(test.truth, em, es * s))
-        # isotonic PIT recalibration fitted on val, as for the networks: the floor that the fitting
-        # noise of the val maps alone sets (the exact posterior's own PIT shape is then fixed)
-        iso = fit_isotonic(val.truth, vm, vs)
-        out["exact_coverage_error_isotonic"] = coverage_error(iso.recalibrated_coverage(test.truth, em, es))
+           "mean_shift": np.sqrt(np.mean((test.mean - em) ** 2, axis=0)) / np.mean(es, axis=0)}
+    # the exact posterior as a Gaussian-head predictor, through the same figures as the networks
+    ref = calibration_figures(_exact_as_gaussian(test),
+                              _exact_as_gaussian(val) if val is not None and "exact_mean" in val.extra else None)
+    out.update({f"exact_{k}": v for k, v in ref.items() if k != "recalibration_scale"})
     return out
+
+
+def _exact_as_gaussian(p) -> SimpleNamespace:
+    """Predictions ``p``'s exact posterior summarised as a Gaussian: ``truth``, ``mean``, ``std`` ``(N, P)``."""
+    return SimpleNamespace(truth=p.truth, mean=p.extra["exact_mean"], std=p.extra["exact_std"])
 
 
 def _per_param(names, figs: dict, prefix: str = "") -> dict:
