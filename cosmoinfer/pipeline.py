@@ -119,6 +119,8 @@ def run_pipeline(cfg: DictConfig, task_overrides=()) -> Path:
                     f"hydra.run.dir={hydra_dir}/evaluate_{method}_{split}"]
             if "mc_dropout" in method:
                 args.append(f"evaluator.n_samples={int(p.mc_samples)}")
+            if p.get("tta"):
+                args.append("tta=true")
             timings[f"evaluate_{method}_{split}"] = _run(f"evaluate {method} {split}", "cosmoinfer.cli.evaluate",
                                                          args, logs / f"evaluate_{method}_{split}.log")
             _mark_done(folder, timings[f"evaluate_{method}_{split}"])

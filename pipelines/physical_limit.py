@@ -11,10 +11,13 @@ benchmark)" of ``benchmarks/RESULTS.md``::
 Parts (``--only`` picks one; default: all):
 
 * ``grf``: the ``grf_fisher`` experiment (Omega_m, sigma_8 from 64^2 GRF maps of the 25 Mpc/h box,
-  LH priors; 21 000 training / 7 500 test maps at ``reduced``, 42 000 / 15 000 at ``full``): the default CMD CNN
+  LH priors; 19 200 training / 8 100 test maps at ``reduced``, 42 240 / 17 820 at ``full``): the default CMD CNN
   (ensemble member 0, capped at ``trainer.max_time``), further ensemble members, and the
   power-spectrum baseline (``model=ps_mlp``), evaluated on val and test; evaluate adds the exact
-  posterior of every map (``exact_mean``, ``exact_std``). Per parameter:
+  posterior of every map (``exact_mean``, ``exact_std``). The CNNs are evaluated with test-time
+  augmentation (``tta=true``: the mean and variance averaged over the 8 rotations/flips of each map,
+  under which the GRF likelihood is invariant) and member 0 also without it (``grf_fisher_no_tta``).
+  Per parameter:
 
   - ``efficiency`` = MSE(exact posterior mean) / MSE(network mean) (1 = the physical limit);
   - ``std_ratio_median`` = median of network std / exact posterior std;
@@ -28,11 +31,17 @@ Parts (``--only`` picks one; default: all):
 * ``camels``: ``camels_like_mtot`` (CNN vs power-spectrum baseline on Mtot maps), and
   ``camels_like_multifield`` (Mtot, Mgas, T, Mstar as channels, inferring Omega_m, sigma_8, A_SN1,
   A_AGN1) against CNNs on each single field with the same parameters (``camels_like_single_<F>``).
-* ``cross``: the Mtot CNN and baseline trained on SynthTNG, evaluated on every SynthSIMBA map
-  (``cosmoinfer-evaluate ... data.suite=SynthSIMBA data.root=... split=all``); recalibration fitted
-  on the SynthTNG validation set; the report's verdicts go to RESULTS.md.
+* ``cross``: the camels models trained on SynthTNG (Mtot CNN and baseline, the Mgas CNN, the
+  multifield CNN and baseline), evaluated on every SynthSIMBA map (``cosmoinfer-evaluate ...
+  data.suite=SynthSIMBA data.root=... split=all``); recalibration fitted on the SynthTNG validation
+  set; the report's verdicts go to RESULTS.md. Mtot hardly depends on the feedback; the gas fields
+  do, through mappings that differ between the suites, so they are the sharper test.
 * ``sweep``: CNN vs baseline on Mtot maps for several ``simulator.lognormal_amplitude`` values
   (more non-Gaussian matter: the CNN's advantage should grow).
+
+Every CNN is evaluated with test-time augmentation (``TTA``; a power spectrum binned in |k| is
+invariant under the 8 rotations/flips already, so the baselines need none). CNN gains over the
+baseline come with a 95% bootstrap interval over the test simulations (``rmse_gain_lo``/``_hi``).
 
 Stages whose output is complete are skipped (``.done`` markers), so a rerun redoes only what is
 missing and ``--only`` parts can be run one after the other. ``--jobs`` stages run at once, each
@@ -70,6 +79,8 @@ GRF_METRICS = ("efficiency", "std_ratio_median", "mean_shift", "coverage_error",
 TARGETS = {"efficiency": 0.97, "std_ratio": 0.05, "mean_shift": 0.2, "coverage_error_recalibrated": 0.02,
            "train_minutes": 20.0, "camels_gain": 0.10}
 QUIET = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
+#: evaluate's test-time augmentation: every CNN prediction averaged over the 8 rotations/flips of the map
+TTA = ["tta=true"]
 MULTI_PARAMS = "[Omega_m,sigma_8,A_SN1,A_AGN1]"
 MULTI_FIELDS = ("Mtot", "Mgas", "T", "Mstar")
 
@@ -100,7 +111,7 @@ def scale_config(scale: str) -> dict:
         )
     if scale == "full":
         return dict(
-            grf=dict(n_sims=4000, grid=64, split=None, members=3, cnn=[], member=[], ps=["trainer.max_epochs=20"],
+            grf=dict(n_sims=4400, grid=64, split=None, members=3, cnn=[], member=[], ps=["trainer.max_epochs=20"],
                      exact_grid=128),
             camels=dict(n_sims=1000, grid=64, split=None, cnn=[], ps=["trainer.max_epochs=30"]),
             sweep=dict(knob="lognormal_amplitude", values=[0.5, 1.0, 1.5, 2.0], n_sims=300, grid=64, split=None,
@@ -265,6 +276,11 @@ def eval_task(name: str, folder: Path, out: Path, ckpts, split: str, deps, extra
     return Task(name, "cosmoinfer.cli.evaluate", args, folder, list(deps))
 
 
+def _tta(model_name: str) -> list[str]:
+    """Test-time augmentation for the CNNs; none for the power-spectrum baselines (already invariant)."""
+    return TTA if model_name.endswith("cnn") else []
+
+
 def _ckpt(member: Path) -> str:
     return str(member / "checkpoints" / "best.ckpt")
 
@@ -288,14 +304,15 @@ def grf_tasks(out: Path, sc: dict) -> list[Task]:
                              "loss.beta=0.0", *g["ps"]],
                             ["grf simulate"]))
     exact = [f"exact_grid={g['exact_grid']}"]
-    models = {"cnn_single": ([members[0]], ["grf train cnn 0"]),
-              "ps": ([ps], ["grf train ps"])}
+    models = {"cnn_single": ([members[0]], ["grf train cnn 0"], TTA),
+              "cnn_single_no_tta": ([members[0]], ["grf train cnn 0"], []),
+              "ps": ([ps], ["grf train ps"], [])}
     if len(members) > 1:
-        models["cnn_ensemble"] = (members, [f"grf train cnn {i}" for i in range(len(members))])
-    for label, (ms, deps) in models.items():
+        models["cnn_ensemble"] = (members, [f"grf train cnn {i}" for i in range(len(members))], TTA)
+    for label, (ms, deps, tta) in models.items():
         for split_name in ("val", "test"):
             tasks.append(eval_task(f"grf evaluate {label} {split_name}", root / "predictions" / label / split_name,
-                                   out, [_ckpt(m) for m in ms], split_name, deps, exact))
+                                   out, [_ckpt(m) for m in ms], split_name, deps, [*exact, *tta]))
     return tasks
 
 
@@ -325,29 +342,36 @@ def camels_tasks(out: Path, sc: dict, cross_only: bool = False) -> list[Task]:
     tasks = [_camels_sim(out, c)]
     models = _camels_models(out, c)
     if cross_only:
-        models = {k: v for k, v in models.items() if k.startswith("mtot")}
+        models = {k: v for k, v in models.items() if k in CROSS_MODELS}
     for name, (exp, over) in models.items():
         tasks.append(train_task(f"camels train {name}", root / "models" / name, out, exp, data, 0, over,
                                 ["camels simulate"]))
         if not cross_only:
             for split_name in ("val", "test"):
                 tasks.append(eval_task(f"camels evaluate {name} {split_name}", root / "predictions" / name / split_name,
-                                       out, [_ckpt(root / "models" / name)], split_name, [f"camels train {name}"]))
+                                       out, [_ckpt(root / "models" / name)], split_name, [f"camels train {name}"],
+                                       _tta(name)))
     return tasks
 
 
+#: cross-suite experiments: JSON key suffix -> (CNN, PS baseline or None), camels models trained on SynthTNG
+CROSS = {"": ("mtot_cnn", "mtot_ps"), "_Mgas": ("single_Mgas_cnn", None),
+         "_multifield": ("multifield_cnn", "multifield_ps")}
+CROSS_MODELS = tuple(m for pair in CROSS.values() for m in pair if m)
+
+
 def cross_tasks(out: Path, sc: dict) -> list[Task]:
-    """Train on SynthTNG (the camels Mtot models), evaluate on all SynthSIMBA maps."""
+    """Train on SynthTNG (the camels models of ``CROSS``), evaluate on all SynthSIMBA maps."""
     root = out / "camels"
     tasks = camels_tasks(out, sc, cross_only=True)
-    for name in ("mtot_cnn", "mtot_ps"):
+    for name in CROSS_MODELS:
         dep = [f"camels train {name}"]
         ck = [_ckpt(root / "models" / name)]
         for split_name in ("val", "test"):  # in-suite predictions (also made by the camels part)
             tasks.append(eval_task(f"camels evaluate {name} {split_name}", root / "predictions" / name / split_name,
-                                   out, ck, split_name, dep))
+                                   out, ck, split_name, dep, _tta(name)))
         tasks.append(eval_task(f"cross evaluate {name} SynthSIMBA", out / "cross" / "predictions" / name, out, ck,
-                               "all", dep, [f"data.root={root / 'data'}", "data.suite=SynthSIMBA"]))
+                               "all", dep, [f"data.root={root / 'data'}", "data.suite=SynthSIMBA", *_tta(name)]))
     return tasks
 
 
@@ -367,7 +391,7 @@ def sweep_tasks(out: Path, sc: dict) -> list[Task]:
             for split_name in ("val", "test"):
                 tasks.append(eval_task(f"sweep evaluate {name} {tag} {split_name}",
                                        root / "predictions" / name / split_name, out, [_ckpt(root / "models" / name)],
-                                       split_name, [f"sweep train {name} {tag}"]))
+                                       split_name, [f"sweep train {name} {tag}"], _tta(name)))
     return tasks
 
 
@@ -480,7 +504,8 @@ def summarise_grf(out: Path, info: dict) -> dict:
     members = sorted((root / "cnn" / "members").glob("*"), key=lambda p: int(p.name)) if (root / "cnn").is_dir() else []
     trains = [train_info(m) for m in members]
     info["grf"] = {"members": [{"member": m.name, **t} for m, t in zip(members, trains)], "baseline": ps_train}
-    for label, key, minutes in (("cnn_single", "grf_fisher", trains[0]["minutes"] if trains else None),
+    first = trains[0]["minutes"] if trains else None
+    for label, key, minutes in (("cnn_single", "grf_fisher", first), ("cnn_single_no_tta", "grf_fisher_no_tta", first),
                                 ("cnn_ensemble", "grf_fisher_ensemble",
                                  sum(t["minutes"] or 0 for t in trains) if trains else None)):
         test, val = _pair(root / "predictions", label)
@@ -523,7 +548,32 @@ def _cnn_vs_ps(cnn, ps, cnn_train, ps_train) -> dict:
     for d in out.values():
         if d.get("rmse") and d.get("baseline_rmse"):
             d["rmse_gain"] = _num(1 - d["rmse"] / d["baseline_rmse"])
+    if ct is not None and pt is not None and np.array_equal(ct.sim_id, pt.sim_id) \
+            and np.allclose(ct.truth, pt.truth):
+        lo, hi = bootstrap_gain(ct.truth, ct.mean, pt.mean, ct.sim_id)
+        for j, nm in enumerate(ct.param_names):
+            out[nm]["rmse_gain_lo"], out[nm]["rmse_gain_hi"] = _num(lo[j]), _num(hi[j])
     return out
+
+
+def bootstrap_gain(truth, mean_a, mean_b, sim_id, n_boot: int = 2000, level: float = 0.95,
+                   seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Percentile bootstrap interval of the RMSE gain ``1 − RMSE(a) / RMSE(b)``, each bound ``(P,)``.
+
+    ``truth``, ``mean_a``, ``mean_b`` are ``(N, P)`` for the same maps, ``sim_id (N,)`` their
+    simulations: the maps of one simulation share their parameters, so whole simulations are
+    resampled (with replacement, ``n_boot`` times, fixed ``seed``).
+    """
+    _, inv = np.unique(np.asarray(sim_id), return_inverse=True)
+    n_sims = int(inv.max()) + 1
+    t = np.asarray(truth, float)
+    sse = [np.zeros((n_sims, t.shape[1])) for _ in range(2)]
+    for s, m in zip(sse, (mean_a, mean_b)):
+        np.add.at(s, inv, (np.asarray(m, float) - t) ** 2)  # per-simulation sums of squared errors
+    pick = np.random.default_rng(seed).integers(0, n_sims, size=(n_boot, n_sims))
+    gain = 1 - np.sqrt(sse[0][pick].sum(axis=1) / sse[1][pick].sum(axis=1))  # (n_boot, P); map counts cancel
+    lo, hi = np.quantile(gain, [(1 - level) / 2, (1 + level) / 2], axis=0)
+    return lo, hi
 
 
 def summarise_camels(out: Path, info: dict) -> dict:
@@ -548,26 +598,30 @@ def summarise_camels(out: Path, info: dict) -> dict:
 
 def summarise_cross(out: Path, info: dict) -> dict:
     """Foreign-suite figures, the in-suite ones for contrast, and the report's verdicts."""
-    res, verdicts = {}, {}
+    out_res, verdicts, n_foreign = {}, {}, None
     croot, pr = out / "cross", out / "camels" / "predictions"
-    for name, prefix in (("mtot_cnn", ""), ("mtot_ps", "baseline_")):
-        foreign = _read(croot / "predictions" / name / "predictions.h5")
-        test, val = _pair(pr, name)
-        if foreign is None or test is None:
-            continue
-        d = _per_param(foreign.param_names, calibration_figures(foreign, val), prefix)
-        d = _merge(d, _per_param(test.param_names, calibration_figures(test, val), prefix + "in_suite_"))
-        for nm in d:
-            d[nm][prefix + "rmse_degradation"] = _num(d[nm][prefix + "rmse"] / d[nm][prefix + "in_suite_rmse"])
-        res = _merge(res, d)
-        try:
-            verdicts[name] = cross_report(croot / "report" / name, test, foreign, val)
-        except Exception as err:  # the figures stand without the report
-            verdicts[name] = {"error": str(err)}
-    if res:
-        info["cross"] = {"verdicts": verdicts, "n_foreign": foreign.n if foreign is not None else None}
-        return {"cross_suite_SynthTNG_to_SynthSIMBA": res}
-    return {}
+    for suffix, (cnn, ps) in CROSS.items():
+        res = {}
+        for name, prefix in ((cnn, ""), (ps, "baseline_")):
+            foreign = _read(croot / "predictions" / name / "predictions.h5") if name else None
+            test, val = _pair(pr, name) if name else (None, None)
+            if foreign is None or test is None:
+                continue
+            n_foreign = foreign.n
+            d = _per_param(foreign.param_names, calibration_figures(foreign, val), prefix)
+            d = _merge(d, _per_param(test.param_names, calibration_figures(test, val), prefix + "in_suite_"))
+            for nm in d:
+                d[nm][prefix + "rmse_degradation"] = _num(d[nm][prefix + "rmse"] / d[nm][prefix + "in_suite_rmse"])
+            res = _merge(res, d)
+            try:
+                verdicts[name] = cross_report(croot / "report" / name, test, foreign, val)
+            except Exception as err:  # the figures stand without the report
+                verdicts[name] = {"error": str(err)}
+        if res:
+            out_res[f"cross_suite_SynthTNG_to_SynthSIMBA{suffix}"] = res
+    if out_res:
+        info["cross"] = {"verdicts": verdicts, "n_foreign": n_foreign}
+    return out_res
 
 
 def cross_report(folder: Path, test, foreign, val) -> dict:
@@ -622,6 +676,15 @@ def _mark(ok) -> str:
     return "" if ok is None else (" ✓" if ok else " ✗")
 
 
+def _gain(d: dict, ok=None) -> str:
+    """``+7.2% [−3.1, +16.0] ✗``: the CNN's RMSE gain, its bootstrap interval and the target mark."""
+    g, lo, hi = d.get("rmse_gain"), d.get("rmse_gain_lo"), d.get("rmse_gain_hi")
+    if g is None:
+        return "—"
+    ci = "" if lo is None or hi is None else f" [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    return f"{100 * g:+.1f}%{ci}{_mark(ok)}"
+
+
 def grf_table(results: dict) -> list[str]:
     rows = ["| experiment | parameter | model | efficiency | median std ratio | mean shift | coverage err. | "
             "coverage err. recal. (variance scaling) | coverage err. recal. (isotonic) | RMSE | train min |",
@@ -629,8 +692,8 @@ def grf_table(results: dict) -> list[str]:
     exps = [e for e in results if e.startswith("grf_fisher")]
     for exp in exps:
         for nm, d in results.get(exp, {}).items():
-            models = [("", "CNN ensemble" if exp.endswith("ensemble") else
-                       ("CNN (default, member 0)" if exp == "grf_fisher" else "CNN"))]
+            models = [("", {"grf_fisher": "CNN (default, member 0), TTA", "grf_fisher_ensemble": "CNN ensemble, TTA",
+                            "grf_fisher_no_tta": "CNN (default, member 0), no TTA"}.get(exp, "CNN"))]
             if exp == "grf_fisher":
                 models += [("baseline_", "PS baseline"), ("exact_", "exact posterior (Gaussian summary)")]
             for pre, model in models:
@@ -657,7 +720,7 @@ def grf_table(results: dict) -> list[str]:
 
 
 def cnn_ps_table(results: dict, keys) -> list[str]:
-    rows = ["| experiment | parameter | CNN RMSE | PS RMSE | CNN gain | CNN cov. err. (recal.) | "
+    rows = ["| experiment | parameter | CNN RMSE | PS RMSE | CNN gain [95% CI] | CNN cov. err. (recal.) | "
             "PS cov. err. (recal.) | CNN train min |", "|---|---|---|---|---|---|---|---|"]
     for exp in keys:
         for nm, d in results.get(exp, {}).items():
@@ -665,7 +728,7 @@ def cnn_ps_table(results: dict, keys) -> list[str]:
             ok = None if gain is None or nm not in ("Omega_m", "sigma_8") or not exp.startswith("camels_like_mtot") \
                 else gain >= TARGETS["camels_gain"]
             rows.append(f"| {exp} | {nm} | {_f(d.get('rmse'), 4)} | {_f(d.get('baseline_rmse'), 4)} | "
-                        f"{'—' if gain is None else f'{100 * gain:+.1f}%'}{_mark(ok)} | "
+                        f"{_gain(d, ok)} | "
                         f"{_f(d.get('coverage_error'))} ({_f(d.get('coverage_error_recalibrated'))}) | "
                         f"{_f(d.get('baseline_coverage_error'))} ({_f(d.get('baseline_coverage_error_recalibrated'))})"
                         f" | {_f(d.get('train_minutes'), 1)} |")
@@ -689,28 +752,35 @@ def multifield_table(results: dict) -> list[str]:
 
 
 def cross_table(results: dict, info: dict) -> list[str]:
-    d = results.get("cross_suite_SynthTNG_to_SynthSIMBA")
-    if not d:
-        return []
-    rows = ["| parameter | model | RMSE in-suite (TNG test) | RMSE foreign (SIMBA all) | ratio | cov. err. in-suite | "
-            "cov. err. foreign | foreign, recal. on TNG val |", "|---|---|---|---|---|---|---|---|"]
-    for nm, m in d.items():
-        for pre, model in (("", "CNN"), ("baseline_", "PS")):
-            if m.get(pre + "rmse") is None:
-                continue
-            rows.append(f"| {nm} | {model} | {_f(m.get(pre + 'in_suite_rmse'), 4)} | {_f(m.get(pre + 'rmse'), 4)} | "
-                        f"{_f(m.get(pre + 'rmse_degradation'), 2)} | {_f(m.get(pre + 'in_suite_coverage_error'))} | "
-                        f"{_f(m.get(pre + 'coverage_error'))} | {_f(m.get(pre + 'coverage_error_recalibrated'))} |")
+    rows = []
     verd = (info.get("cross") or {}).get("verdicts", {})
-    for name, blocks in verd.items():
-        rows.append("")
-        rows.append(f"Report verdicts ({name}, recalibration fitted on SynthTNG val):")
-        if "error" in blocks:
-            rows.append(f"- report failed: {blocks['error']}")
+    for suffix, (cnn, ps) in CROSS.items():
+        d = results.get(f"cross_suite_SynthTNG_to_SynthSIMBA{suffix}")
+        if not d:
             continue
-        for label, vs in blocks.items():
-            for v in vs.values():
-                rows.append(f"- {label}: **{v.get('status')}** — {v.get('text')}")
+        fields = {"": "Mtot", "_Mgas": "Mgas", "_multifield": "Mtot, Mgas, T, Mstar"}.get(suffix, suffix)
+        rows += ([""] if rows else []) + [
+            f"Maps: {fields}.", "",
+            "| parameter | model | RMSE in-suite (TNG test) | RMSE foreign (SIMBA all) | ratio | cov. err. in-suite | "
+            "cov. err. foreign | foreign, recal. on TNG val |", "|---|---|---|---|---|---|---|---|"]
+        for nm, m in d.items():
+            for pre, model in (("", "CNN"), ("baseline_", "PS")):
+                if m.get(pre + "rmse") is None:
+                    continue
+                rows.append(f"| {nm} | {model} | {_f(m.get(pre + 'in_suite_rmse'), 4)} | {_f(m.get(pre + 'rmse'), 4)} | "
+                            f"{_f(m.get(pre + 'rmse_degradation'), 2)} | {_f(m.get(pre + 'in_suite_coverage_error'))} | "
+                            f"{_f(m.get(pre + 'coverage_error'))} | {_f(m.get(pre + 'coverage_error_recalibrated'))} |")
+        for name in (cnn, ps):
+            blocks = verd.get(name) if name else None
+            if not blocks:
+                continue
+            rows += ["", f"Report verdicts ({name}, recalibration fitted on SynthTNG val):"]
+            if "error" in blocks:
+                rows.append(f"- report failed: {blocks['error']}")
+                continue
+            for label, vs in blocks.items():
+                for v in vs.values():
+                    rows.append(f"- {label}: **{v.get('status')}** — {v.get('text')}")
     return rows
 
 
@@ -718,12 +788,11 @@ def sweep_table(results: dict) -> list[str]:
     keys = [k for k in results if k.startswith("sweep_")]
     if not keys:
         return []
-    rows = ["| non-Gaussianity | parameter | CNN RMSE | PS RMSE | CNN gain |", "|---|---|---|---|---|"]
+    rows = ["| non-Gaussianity | parameter | CNN RMSE | PS RMSE | CNN gain [95% CI] |", "|---|---|---|---|---|"]
     for k in sorted(keys, key=lambda k: float(k.rsplit("_", 1)[1])):
         for nm, d in results[k].items():
-            gain = d.get("rmse_gain")
             rows.append(f"| {k[len('sweep_'):].replace('_', ' ')} | {nm} | {_f(d.get('rmse'), 4)} | "
-                        f"{_f(d.get('baseline_rmse'), 4)} | {'—' if gain is None else f'{100 * gain:+.1f}%'} |")
+                        f"{_f(d.get('baseline_rmse'), 4)} | {_gain(d)} |")
     return rows
 
 
@@ -778,7 +847,7 @@ def render_section(results: dict, info: dict, notes: str) -> str:
                   "and data (test RMSE):", ""] + mf + [""]
     x = cross_table(results, info)
     if x:
-        L += ["### Cross-suite: trained on SynthTNG, tested on every SynthSIMBA map (Mtot)", ""] + x + [""]
+        L += ["### Cross-suite: trained on SynthTNG, tested on every SynthSIMBA map", ""] + x + [""]
     s = sweep_table(results)
     if s:
         L += ["### Non-Gaussianity sweep (Mtot, `simulator.lognormal_amplitude`)", ""] + s + [""]

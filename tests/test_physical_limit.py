@@ -30,7 +30,7 @@ def test_quick_grf_run_writes_json_and_table(tmp_path):
                        cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     res = json.loads(js.read_text())
-    assert set(res) == {"grf_fisher", "grf_fisher_ensemble"}
+    assert set(res) == {"grf_fisher", "grf_fisher_no_tta", "grf_fisher_ensemble"}
     for exp in res.values():
         assert set(exp) == {"Omega_m", "sigma_8"}
         for metrics in exp.values():
@@ -66,6 +66,33 @@ def test_every_scale_builds_a_consistent_task_graph(tmp_path, scale):
     assert all(d in names for t in tasks for d in t.deps)
     cross = [t for t in tasks if t.name.startswith("cross evaluate")]
     assert cross and all("split=all" in t.args and "data.suite=SynthSIMBA" in t.args for t in cross)
+    # every CNN is evaluated with test-time augmentation (member 0 also without), no baseline is
+    evals = [t for t in tasks if " evaluate " in t.name]
+    cnn = [t for t in evals if " cnn" in t.name and "no_tta" not in t.name]
+    assert cnn and all("tta=true" in t.args for t in cnn)
+    assert all("tta=true" not in t.args for t in evals if " ps" in t.name or "no_tta" in t.name)
+    assert any("no_tta" in t.name for t in evals)
+
+
+def test_bootstrap_gain_resamples_simulations():
+    """The interval brackets the true gain when the CNN errors are half the baseline's, and
+    contains 0 when both have errors of the same size; it is wider with fewer simulations."""
+    rng = np.random.default_rng(0)
+    n_sims, per = 400, 15
+    sim = np.repeat(np.arange(n_sims), per)
+    truth = np.repeat(rng.uniform(size=(n_sims, 2)), per, axis=0)
+    e_ps = rng.normal(size=truth.shape)
+    lo, hi = pl.bootstrap_gain(truth, truth + 0.5 * e_ps, truth + e_ps, sim)
+    assert np.allclose(lo, 0.5) and np.allclose(hi, 0.5)  # the same errors, halved: no spread
+    e_cnn = rng.normal(size=truth.shape)
+    lo, hi = pl.bootstrap_gain(truth, truth + e_cnn, truth + e_ps, sim)
+    assert np.all(lo < 0) and np.all(hi > 0)
+    # gain = 1 - sqrt(SSE_a / SSE_b), two independent chi2 sums over N = 6000 maps: sd ~ 1/sqrt(N) = 0.013,
+    # so the 95% interval is ~0.05 wide; with 20 simulations (300 maps) ~0.23
+    assert np.all(hi - lo > 0.02) and np.all(hi - lo < 0.1)
+    lo20, hi20 = pl.bootstrap_gain(truth[: 20 * per], truth[: 20 * per] + e_cnn[: 20 * per],
+                                   truth[: 20 * per] + e_ps[: 20 * per], sim[: 20 * per])
+    assert np.all(hi20 - lo20 > 2 * (hi - lo))
 
 
 def _preds(truth, mean, std, em, es):

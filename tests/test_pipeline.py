@@ -75,3 +75,10 @@ def test_pipeline_end_to_end_then_rerun_redoes_only_what_is_missing(tmp_path):
     assert r.returncode == 0, r.stderr[-2000:]
     stages = [ln for ln in r.stdout.splitlines() if ln.startswith("[") and "running" in ln]
     assert [s.split("]")[0] for s in stages] == ["[evaluate mc_dropout test", "[report"]
+    # pipeline.tta=true: the redone evaluation averages over the 8 rotations/flips, and says so in its file
+    (out / "predictions" / "single" / "test" / ".done").unlink()
+    r = run([*args, "pipeline.tta=true"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    for split, tta in (("test", True), ("val", False)):
+        with h5py.File(out / "predictions" / "single" / split / "predictions.h5") as f:
+            assert bool(f.attrs["tta"]) is tta

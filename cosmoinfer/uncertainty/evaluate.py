@@ -120,7 +120,8 @@ def evaluate(cfg: DictConfig) -> Path:
     extra = exact_posterior_datasets(cfg, dm, split, post)
     out = Path(cfg.out_dir) / "predictions.h5"
     write_posterior(out, post, predictor, method=method, split=split, n_members=len(paths),
-                    n_samples=n_samples, extra=extra, checkpoints=[str(p) for p in paths], suite=dm.suite)
+                    n_samples=n_samples, extra=extra, checkpoints=[str(p) for p in paths], suite=dm.suite,
+                    tta=predictor.tta)
     log.info("wrote %s (%d maps, %s)", out, len(post.mean), method)
     print(f"predictions: {out}")
     return out
