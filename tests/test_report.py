@@ -185,6 +185,23 @@ def test_report_verdicts_on_synthetic_predictors(tmp_path, factor, status):
         assert block["scale"][name] == pytest.approx(1 / factor, rel=0.1)
 
 
+def test_verdict_judges_the_evaluated_set_not_the_validation_set(tmp_path):
+    """A foreign suite: the validation predictions are calibrated, the evaluated ones 2.5x too narrow.
+    The status describes the evaluated set; the fix reported is the val-fitted scale, which fails."""
+    from cosmoinfer.calibration.metrics import DEFAULT_LEVELS
+    from cosmoinfer.calibration.report import _recalibrate
+
+    val = read_predictions(write_single(tmp_path / "val.h5", n=1000, seed=3, width_factor=1.0))
+    foreign = read_predictions(write_single(tmp_path / "f.h5", n=1000, seed=4, width_factor=0.4))
+    block, verdicts, _, n_eval = _recalibrate(foreign, val, DEFAULT_LEVELS, np.random.default_rng(0),
+                                              {"n_posterior_samples": 50, "n_bootstrap": 2})
+    assert n_eval == 1000
+    for name, v in zip(NAMES, verdicts):
+        assert block["scale"][name] == pytest.approx(1.0, abs=0.1)  # what val asks for
+        assert v.status == "too narrow", v.text
+        assert "(fitted on val) leaves coverage off" in v.text
+
+
 # --------------------------------------------------------------------------- report
 
 

@@ -152,7 +152,12 @@ def _recalibrate(pred: Predictions, val: Predictions | None, levels, rng, opts: 
     iso_rep = iso.recalibrated_coverage_from_pit(pit_ev, REPORTED_LEVELS)
     err_iso = coverage_error(iso_cov, lv)
     tol = coverage_tolerance(ev.n)
-    mean_z = np.mean((ev.truth - ev.mean) / ev.std, axis=0)
+    z_ev = (ev.truth - ev.mean) / ev.std
+    mean_z = np.mean(z_ev, axis=0)
+    # the scale the evaluated set itself asks for (the verdict's status; on a foreign suite it can
+    # be far from the one fitted on val, which is what recalibration applies)
+    s_ev = np.sqrt(np.mean(z_ev**2, axis=0))
+    s_ev_se = np.std(z_ev**2, axis=0) / np.sqrt(ev.n) / (2 * s_ev)
     # Standard error of s from the spread of z² on the fitting set (robust to heavy tails).
     z2 = ((fit.truth - fit.mean) / fit.std) ** 2
     scale_se = np.std(z2, axis=0) / np.sqrt(fit.n) / (2 * s)
@@ -172,9 +177,9 @@ def _recalibrate(pred: Predictions, val: Predictions | None, levels, rng, opts: 
                           "coverage_error": float(err_iso[j])} for j, nm in enumerate(names)},
     }
     verdicts = [
-        verdict(nm, float(s[j]), float(err_before[j]), float(after_m["params"][nm]["coverage_error"]), tol,
-                err_isotonic=float(err_iso[j]), mean_z=float(mean_z[j]), n=ev.n, n_fit=fit.n,
-                scale_se=float(scale_se[j]))
+        verdict(nm, float(s_ev[j]), float(err_before[j]), float(after_m["params"][nm]["coverage_error"]), tol,
+                err_isotonic=float(err_iso[j]), mean_z=float(mean_z[j]), n=ev.n, n_fit=ev.n,
+                scale_se=float(s_ev_se[j]), fit_scale=float(s[j]), fit_on="val" if val is not None else "a half")
         for j, nm in enumerate(names)
     ]
     curves = {"original": before, f"variance scaling (s fitted on {'val' if val is not None else 'half'})":

@@ -1,9 +1,11 @@
 """One-line verdicts on how honest each parameter's widths are.
 
-The verdict rests on two numbers from the held-out set: the coverage error (max |empirical −
+The verdict rests on two numbers from the evaluated set: the coverage error (max |empirical −
 nominal| over the levels) compared with what a calibrated predictor of the same size reaches
 with 95% probability (:func:`~cosmoinfer.calibration.metrics.coverage_tolerance`), and the
-fitted variance-scaling factor ``s`` (``s > 1``: too narrow, ``s < 1``: too wide).
+set's own variance-scaling factor ``s = sqrt(mean z²)`` (``s > 1``: too narrow, ``s < 1``: too
+wide). The fix it reports is the scale fitted on the validation set (``fit_scale``), which on a
+foreign suite can differ from what that suite needs.
 """
 
 from __future__ import annotations
@@ -32,24 +34,29 @@ def _pct(x: float) -> str:
 
 def verdict(param: str, scale: float, err_before: float, err_after: float, tolerance: float, *,
             err_isotonic: float | None = None, mean_z: float = 0.0, n: int = 0,
-            n_fit: int | None = None, scale_se: float | None = None) -> Verdict:
+            n_fit: int | None = None, scale_se: float | None = None, fit_scale: float | None = None,
+            fit_on: str | None = None) -> Verdict:
     """Verdict for one parameter.
 
     Args:
         param: parameter name.
-        scale: fitted width scale ``s`` (fitted on the validation set or the fitting half).
+        scale: width scale ``s`` the evaluation set itself asks for (its ``sqrt(mean z²)``).
         err_before: coverage error of the original widths on the evaluation set.
-        err_after: coverage error after scaling by ``s`` on the same set.
+        err_after: coverage error on the same set after scaling by ``fit_scale``.
         tolerance: coverage-error tolerance for the evaluation set's size.
         err_isotonic: coverage error after isotonic recalibration, if computed.
         mean_z: mean standardised residual (truth − mean)/std on the evaluation set.
         n: evaluation-set size (for the bias test).
         n_fit: fitting-set size; scale_se: standard error of ``s`` (default, for Gaussian
             residuals, ``sqrt(1/(2 n_fit))``). ``s`` differs significantly from 1 beyond 2 SE.
+        fit_scale: the recalibration scale actually applied (fitted on ``fit_on``, e.g. ``val``);
+            default ``scale``.
 
     Well calibrated needs both: coverage error within tolerance and ``s`` compatible with 1.
     """
     n_fit = n if n_fit is None else n_fit
+    fit_scale = scale if fit_scale is None else fit_scale
+    fitted = f"scaling by {fit_scale:.2f}" + (f" (fitted on {fit_on})" if fit_on else "")
     if scale_se is None:
         scale_se = np.sqrt(1.0 / (2 * max(n_fit, 1)))
     scale_ok = abs(scale - 1) <= 2.0 * scale_se
@@ -78,9 +85,9 @@ def verdict(param: str, scale: float, err_before: float, err_after: float, toler
         head += f" (coverage within {_pct(err_before)}, inside the {tol_txt}, but the scale is significant)"
     if err_after <= tolerance:
         verb = "keeps coverage within" if cov_ok else "fixes coverage to within"
-        tail = f"; scaling by {scale:.2f} {verb} {_pct(err_after)}"
+        tail = f"; {fitted} {verb} {_pct(err_after)}"
     else:
-        tail = f"; scaling by {scale:.2f} leaves coverage off by {_pct(err_after)} ({tol_txt})"
+        tail = f"; {fitted} leaves coverage off by {_pct(err_after)} ({tol_txt})"
         if err_isotonic is not None:
             tail += f"; isotonic recalibration reaches {_pct(err_isotonic)}"
     return Verdict(param, status, head + tail + bias)
