@@ -72,7 +72,7 @@ def test_each_optimizer_config_steps(data32, tmp_path, opt):
     assert ck["optimizer_states"][0]["state"], "optimizer took no step"
 
 
-@pytest.mark.parametrize("sched", ["cosine", "onecycle", "cyclic", "step", "plateau"])
+@pytest.mark.parametrize("sched", ["cosine", "onecycle", "cyclic", "step", "plateau", "cosine_budget"])
 def test_each_scheduler_config_steps(data32, tmp_path, sched):
     torch.set_num_threads(1)
     out = tmp_path / sched
@@ -82,8 +82,21 @@ def test_each_scheduler_config_steps(data32, tmp_path, sched):
     assert ck["lr_schedulers"], "no scheduler state saved"
     lrs = epoch_values(read_metrics(out), [k for k in read_metrics(out)[0] if k.startswith("lr-")][0])
     assert lrs and all(np.isfinite(lrs))
-    if sched in ("cosine", "onecycle", "cyclic"):
+    if sched in ("cosine", "onecycle", "cyclic", "cosine_budget"):
         assert ck["lr_schedulers"][0]["last_epoch"] > 0
+
+
+def test_budget_cosine_takes_its_time_budget_from_max_time(data32, tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / "budget"
+    train(cfg_for(data32, out, "scheduler=cosine_budget", "+trainer.max_time=00:00:10:00",
+                  "+trainer.limit_train_batches=2"))
+    state = torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["lr_schedulers"][0]
+    assert 590 < state["max_seconds"] <= 600 and state["total_steps"] == 2 and state["last_epoch"] == 2
+    # without a time cap it anneals over the steps only
+    out = tmp_path / "steps"
+    train(cfg_for(data32, out, "scheduler=cosine_budget", "+trainer.limit_train_batches=2"))
+    assert torch.load(out / "checkpoints" / "last.ckpt", weights_only=True)["lr_schedulers"][0]["max_seconds"] is None
 
 
 def test_resume_continues_to_the_same_epoch_count(data32, tmp_path):

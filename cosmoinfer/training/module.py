@@ -111,11 +111,21 @@ class PosteriorModule(pl.LightningModule):
         monitor = cfg.pop("monitor", "val/loss")
         sched_cfg = dict(cfg.pop("scheduler"))
         for key, value in list(sched_cfg.items()):
-            if value == "auto":  # lengths that depend on the run
+            if value == "auto" and key == "max_seconds":  # the time budget: what trainer.max_time leaves
+                sched_cfg[key] = self._time_budget()
+            elif value == "auto":  # lengths that depend on the run
                 steps = self.trainer.estimated_stepping_batches if interval == "step" else self.trainer.max_epochs
                 sched_cfg[key] = int(steps)
         sched = hydra.utils.instantiate(sched_cfg)(opt)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": interval, "monitor": monitor}}
+
+    def _time_budget(self) -> float | None:
+        """Seconds ``trainer.max_time`` leaves for fitting (its Timer callback); None without a cap."""
+        from pytorch_lightning.callbacks import Timer
+
+        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+        left = timer.time_remaining() if timer is not None else None
+        return None if left is None else max(float(left), 1.0)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         checkpoint["cosmoinfer"] = self.meta
