@@ -204,3 +204,36 @@ def test_optuna_sweep_runs_trials_and_reports_the_best(data32, tmp_path):
     assert set(res["best_params"]) == {"optimizer.lr", "optimizer.weight_decay", "model.dropout"}
     assert np.isfinite(res["best_value"])
     assert len(list(sweep.glob("*/checkpoints/best.ckpt"))) == 2
+
+
+def _bn_state(ckpt: Path) -> dict:
+    state = torch.load(ckpt, weights_only=True)["state_dict"]
+    return {k: v for k, v in state.items() if k.endswith(("running_mean", "running_var"))}
+
+
+def test_freeze_bn_stops_the_running_statistics_but_not_the_training(data32, tmp_path):
+    """Same seed and data: a 2-epoch run frozen from half-way keeps the BatchNorm statistics of
+    the 1-epoch run exactly, while its weights keep moving; an unfrozen 2-epoch run does not."""
+    torch.set_num_threads(1)
+    runs = {"one": ["trainer.max_epochs=1"],
+            "frozen": ["trainer.max_epochs=2", "callbacks=freeze_bn", "callbacks.freeze_bn.start=0.5"],
+            "free": ["trainer.max_epochs=2"]}
+    ck = {}
+    for name, over in runs.items():
+        train(cfg_for(data32, tmp_path / name, *over, "callbacks.early_stopping=null", "callbacks.progress_bar=null"))
+        ck[name] = tmp_path / name / "checkpoints" / "last.ckpt"
+    one, frozen, free = (_bn_state(ck[n]) for n in ("one", "frozen", "free"))
+    assert one and set(one) == set(frozen)
+    for k in one:
+        torch.testing.assert_close(frozen[k], one[k], rtol=0, atol=0)
+    assert any(not torch.equal(free[k], one[k]) for k in one), "an unfrozen epoch should move the statistics"
+    w = {n: torch.load(ck[n], weights_only=True)["state_dict"] for n in ("one", "frozen")}
+    conv = [k for k in w["one"] if k.endswith("weight") and w["one"][k].ndim == 4]
+    assert conv and any(not torch.equal(w["frozen"][k], w["one"][k]) for k in conv), "weights must keep training"
+
+
+def test_freeze_bn_refuses_a_start_outside_the_run():
+    from cosmoinfer.training.callbacks import FreezeBatchNorm
+
+    with pytest.raises(ValueError, match="start must be in"):
+        FreezeBatchNorm(start=1.0)

@@ -1,8 +1,10 @@
-"""What Lightning does not ship: gradient-norm logging, atomic checkpoints, an appending CSV logger."""
+"""What Lightning does not ship: gradient-norm logging, atomic checkpoints, an appending CSV logger,
+BatchNorm frozen for the end of training."""
 
 from __future__ import annotations
 
 import csv
+import logging
 import os
 import tempfile
 from pathlib import Path
@@ -14,6 +16,8 @@ from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import grad_norm
+
+log = logging.getLogger(__name__)
 
 
 class GradNormLogger(pl.Callback):
@@ -62,6 +66,56 @@ class NonFiniteGuard(pl.Callback):
                     f"non-finite weights ({name}) after step {trainer.global_step} at epoch "
                     f"{trainer.current_epoch}; training stopped, the last good checkpoint is kept "
                     "(try a lower optimizer.lr or trainer.gradient_clip_val)")
+
+
+class FreezeBatchNorm(pl.Callback):
+    """Run every BatchNorm layer in eval mode for the last part of training (``callbacks=freeze_bn``).
+
+    In train mode BatchNorm normalises each map by its batch's statistics, so a map's prediction
+    depends on the other maps of its batch (on GRF maps: on the batch's mix of amplitudes, i.e. of
+    sigma_8). A Gaussian NLL width learns to cover that noise as well, and at evaluation, where
+    BatchNorm uses its running statistics, the noise is gone: the widths come out too wide, as
+    they do with dropout. From training progress ``start`` on, BatchNorm layers use their running
+    statistics and stop updating them, so the last phase fits means and widths to the outputs
+    the evaluator will see. Their affine weights keep training.
+
+    Progress is the larger of ``global_step / estimated_stepping_batches`` and, under
+    ``trainer.max_time``, the fraction of the time budget spent (Lightning's ``Timer``), so a
+    time-capped run reaches its frozen phase too.
+
+    Args:
+        start: fraction of training in ``[0, 1)`` after which BatchNorm is frozen.
+    """
+
+    def __init__(self, start: float = 0.8):
+        if not 0.0 <= float(start) < 1.0:
+            raise ValueError(f"FreezeBatchNorm: start must be in [0, 1), got {start}")
+        self.start = float(start)
+        self.frozen_at_step: int | None = None
+
+    @staticmethod
+    def progress(trainer) -> float:
+        """Fraction of training done: steps, or the ``trainer.max_time`` budget, whichever is further."""
+        from pytorch_lightning.callbacks import Timer
+
+        total = trainer.estimated_stepping_batches
+        p = trainer.global_step / total if total and total != float("inf") else 0.0
+        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+        left = timer.time_remaining() if timer is not None else None
+        if left is not None:
+            spent = timer.time_elapsed()
+            p = max(p, spent / max(spent + left, 1e-9))
+        return min(p, 1.0)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self.frozen_at_step is None and self.progress(trainer) >= self.start:
+            self.frozen_at_step = trainer.global_step
+            log.info("FreezeBatchNorm: BatchNorm in eval mode from step %d (progress %.2f)",
+                     trainer.global_step, self.progress(trainer))
+        if self.frozen_at_step is not None:  # Lightning sets train mode again after every validation
+            for mod in pl_module.modules():
+                if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):
+                    mod.eval()
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
