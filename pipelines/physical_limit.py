@@ -3,7 +3,8 @@
 One command runs every stage as the real console script in a subprocess (as a user would),
 computes the figures and writes them to ``benchmarks/results/physical_limit.json`` (shaped
 ``{experiment: {parameter: {metric: value}}}``) and to the section "## Physical limit (statistical
-benchmark)" of ``benchmarks/RESULTS.md``::
+benchmark)" of ``benchmarks/RESULTS.md``, with the run record (each part's date and scale, training
+times, the cross-suite report verdicts) beside the JSON in ``physical_limit_info.json``::
 
     python -m pipelines.physical_limit [--scale quick|reduced|full] [--only grf|camels|cross|sweep]
                                        [--out runs/physical_limit] [--jobs 2] [--threads 1]
@@ -928,14 +929,18 @@ def main(argv=None) -> int:
         results.update(summarise_sweep(out, sc, info))
     info["wall_minutes"] = (time.time() - t0) / 60
     merged = write_json(json_path, results)
-    runs_info = out / "physical_limit_info.json"
+    # the run record (per-part dates, training times, cross-suite verdicts) lives beside the JSON, so a
+    # rerun of one part on a fresh clone keeps what the other parts' runs recorded
+    runs_info = json_path.with_name(json_path.stem + "_info.json")
     old_info = json.loads(runs_info.read_text()) if runs_info.is_file() else {}
     keep = ("failed",) + (("command", "wall_minutes", "date", "jobs", "threads") if a.summary_only and old_info else ())
     old_info.update({k: v for k, v in info.items() if k not in keep})
     old_info.setdefault("failed_by_run", {})[info["date"]] = runner.failed
     if not a.summary_only:  # which scale and when each part last ran (parts may run separately)
         old_info.setdefault("parts_run", {}).update({p: f"{a.scale}, {info['date']}" for p in parts})
-    runs_info.write_text(json.dumps(old_info, indent=2, default=str) + "\n")
+    tmp = runs_info.with_suffix(".tmp")
+    tmp.write_text(json.dumps(old_info, indent=2, default=str) + "\n")
+    tmp.replace(runs_info)
     info_all = {**old_info, "failed": runner.failed}
     update_results_md(md_path, render_section(merged, info_all, old_notes(md_path)))
     print(f"results: {json_path}\ntable: {md_path}", flush=True)

@@ -39,12 +39,20 @@ def test_quick_grf_run_writes_json_and_table(tmp_path):
     text = md.read_text()
     assert text.startswith("# Benchmarks\n\n## Performance\n\nkept as is\n")  # other sections untouched
     assert text.count(pl.SECTION) == 1 and "grf_fisher" in text
+    # the run record lives beside the JSON (not in --out), so what other parts recorded survives a rerun
+    info_path = tmp_path / "physical_limit_info.json"
+    info = json.loads(info_path.read_text())
+    assert info["parts_run"]["grf"].startswith("quick, ")
+    info["parts_run"]["camels"] = "reduced, 2000-01-01 00:00"
+    info_path.write_text(json.dumps(info))
     # a rerun finds every stage done and only recomputes the figures
     r = subprocess.run([sys.executable, "-m", "pipelines.physical_limit", "--scale", "quick", "--only", "grf",
                         "--out", str(out), "--json", str(js), "--md", str(md)],
                        cwd=REPO, capture_output=True, text=True, timeout=600, env=env)
     assert r.returncode == 0 and "running" not in r.stdout
     assert md.read_text().count(pl.SECTION) == 1
+    assert "camels: reduced, 2000-01-01 00:00" in md.read_text()
+    assert not list(out.glob("physical_limit_info.json"))
 
 
 def test_results_md_section_is_replaced_in_place_and_keeps_notes(tmp_path):
