@@ -71,6 +71,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
+from cosmoinfer.errors import atomic_write_text
+
 REPO = Path(__file__).resolve().parents[1]
 SECTION = "## Physical limit (statistical benchmark)"
 PARTS = ("grf", "camels", "cross", "sweep")
@@ -661,9 +663,7 @@ def write_json(path: Path, results: dict) -> dict:
     old = dict(sorted(old.items(), key=lambda kv: (next((i for i, p in enumerate(order) if kv[0].startswith(p)),
                                                         len(order)), kv[0])))
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(old, indent=2, sort_keys=False, allow_nan=False) + "\n")
-    tmp.replace(path)
+    atomic_write_text(path, json.dumps(old, indent=2, sort_keys=False, allow_nan=False) + "\n")
     return old
 
 
@@ -938,9 +938,7 @@ def main(argv=None) -> int:
     old_info.setdefault("failed_by_run", {})[info["date"]] = runner.failed
     if not a.summary_only:  # which scale and when each part last ran (parts may run separately)
         old_info.setdefault("parts_run", {}).update({p: f"{a.scale}, {info['date']}" for p in parts})
-    tmp = runs_info.with_suffix(".tmp")
-    tmp.write_text(json.dumps(old_info, indent=2, default=str) + "\n")
-    tmp.replace(runs_info)
+    atomic_write_text(runs_info, json.dumps(old_info, indent=2, default=str) + "\n")
     info_all = {**old_info, "failed": runner.failed}
     update_results_md(md_path, render_section(merged, info_all, old_notes(md_path)))
     print(f"results: {json_path}\ntable: {md_path}", flush=True)

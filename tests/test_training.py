@@ -220,7 +220,7 @@ def test_freeze_bn_stops_the_running_statistics_but_not_the_training(data32, tmp
             "free": ["trainer.max_epochs=2"]}
     ck = {}
     for name, over in runs.items():
-        train(cfg_for(data32, tmp_path / name, *over, "callbacks.early_stopping=null", "callbacks.progress_bar=null"))
+        train(cfg_for(data32, tmp_path / name, *over, "callbacks.early_stopping=null"))
         ck[name] = tmp_path / name / "checkpoints" / "last.ckpt"
     one, frozen, free = (_bn_state(ck[n]) for n in ("one", "frozen", "free"))
     assert one and set(one) == set(frozen)

@@ -68,6 +68,16 @@ class NonFiniteGuard(pl.Callback):
                     "(try a lower optimizer.lr or trainer.gradient_clip_val)")
 
 
+def time_budget(trainer) -> tuple[float, float | None]:
+    """``(seconds spent, seconds left)`` of ``trainer.max_time`` (Lightning's ``Timer``); left is None without a cap."""
+    from pytorch_lightning.callbacks import Timer
+
+    timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
+    if timer is None:
+        return 0.0, None
+    return float(timer.time_elapsed()), timer.time_remaining()
+
+
 class FreezeBatchNorm(pl.Callback):
     """Run every BatchNorm layer in eval mode for the last part of training (``callbacks=freeze_bn``).
 
@@ -96,22 +106,17 @@ class FreezeBatchNorm(pl.Callback):
     @staticmethod
     def progress(trainer) -> float:
         """Fraction of training done: steps, or the ``trainer.max_time`` budget, whichever is further."""
-        from pytorch_lightning.callbacks import Timer
-
         total = trainer.estimated_stepping_batches
         p = trainer.global_step / total if total and total != float("inf") else 0.0
-        timer = next((c for c in trainer.callbacks if isinstance(c, Timer)), None)
-        left = timer.time_remaining() if timer is not None else None
+        spent, left = time_budget(trainer)
         if left is not None:
-            spent = timer.time_elapsed()
             p = max(p, spent / max(spent + left, 1e-9))
         return min(p, 1.0)
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
-        if self.frozen_at_step is None and self.progress(trainer) >= self.start:
+        if self.frozen_at_step is None and (p := self.progress(trainer)) >= self.start:
             self.frozen_at_step = trainer.global_step
-            log.info("FreezeBatchNorm: BatchNorm in eval mode from step %d (progress %.2f)",
-                     trainer.global_step, self.progress(trainer))
+            log.info("FreezeBatchNorm: BatchNorm in eval mode from step %d (progress %.2f)", trainer.global_step, p)
         if self.frozen_at_step is not None:  # Lightning sets train mode again after every validation
             for mod in pl_module.modules():
                 if isinstance(mod, torch.nn.modules.batchnorm._BatchNorm):

@@ -121,10 +121,9 @@ class PosteriorModule(pl.LightningModule):
 
     def _time_budget(self) -> float | None:
         """Seconds ``trainer.max_time`` leaves for fitting (its Timer callback); None without a cap."""
-        from pytorch_lightning.callbacks import Timer
+        from cosmoinfer.training.callbacks import time_budget
 
-        timer = next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
-        left = timer.time_remaining() if timer is not None else None
+        _, left = time_budget(self.trainer)
         return None if left is None else max(float(left), 1.0)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
