@@ -1,0 +1,103 @@
+"""The width refit (callbacks=refit_widths): exact on a known model, and with a real Trainer."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from cosmoinfer.errors import InputError
+from cosmoinfer.models.likelihoods import build_likelihood
+from cosmoinfer.training.checkpoint import load_checkpoint
+from cosmoinfer.training.run import build_datamodule, train
+from cosmoinfer.training.width_refit import fit_width_rows, head_inputs
+
+from .test_training import cfg_for, data32  # noqa: F401  (the module-scoped data fixture)
+
+warnings.filterwarnings("ignore", message=".*inferring one.*")
+
+
+def _known_model(n: int, seed: int = 0):
+    """Features ``h (n, 3)``; true mean ``h @ A + a``, true std ``softplus(h @ B + c) + min_std``."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    w = torch.tensor([[0.5, -0.2, 0.1], [0.3, 0.4, -0.1],      # mean rows (P = 2)
+                      [0.6, -0.4, 0.2], [-0.3, 0.5, 0.1]], dtype=torch.float64)  # width rows
+    b = torch.tensor([0.1, -0.2, -1.5, -1.0], dtype=torch.float64)
+    lik = build_likelihood("gaussian_nll", n_params=2)
+    mu, sd = lik._mean_std(h @ w.T + b)
+    y = mu + sd * torch.randn(n, 2, generator=g, dtype=torch.float64)
+    return h, y, w, b, lik
+
+
+def test_fit_width_rows_recovers_the_true_widths_and_leaves_the_means():
+    n = 40_000
+    h, y, w, b, lik = _known_model(n)
+    wrong_w, wrong_b = w.clone(), b.clone()
+    wrong_w[2:] *= 0.5
+    wrong_b[2:] += 0.7  # about twice too wide
+    new_w, new_b, before, after = fit_width_rows(h, y, wrong_w, wrong_b, lik)
+    assert torch.equal(new_w[:2], w[:2]) and torch.equal(new_b[:2], b[:2])
+    assert after < before
+    true_sd = lik._mean_std(h @ w.T + b)[1]
+    fit_sd = lik._mean_std(h @ new_w.T + new_b)[1]
+    # maximum likelihood on n maps with 4 width parameters per output: relative errors ~ a few / sqrt(n)
+    rel = (fit_sd / true_sd - 1).abs()
+    assert float(rel.median()) < 5 / n**0.5
+    assert float(rel.max()) < 30 / n**0.5
+    # the NLL at the fit is no worse than at the truth (it is the minimiser on these maps)
+    true_nll = float(lik.nll(h @ w.T + b, y).mean())
+    assert after <= true_nll + 1e-9
+
+
+def test_fit_width_rows_for_a_full_covariance_keeps_the_means():
+    h, y, w, b, _ = _known_model(5_000, seed=1)
+    lik = build_likelihood("gaussian_fullcov", n_params=2)
+    w_full = torch.cat([w, torch.zeros(1, 3, dtype=torch.float64)])  # mean (2) | Cholesky (3) rows
+    b_full = torch.cat([b, torch.zeros(1, dtype=torch.float64)])
+    new_w, new_b, before, after = fit_width_rows(h, y, w_full, b_full, lik)
+    assert torch.equal(new_w[:2], w_full[:2]) and torch.equal(new_b[:2], b_full[:2])
+    assert after < before
+
+
+def _eval_nll(ckpt, dm) -> float:
+    m = load_checkpoint(ckpt)
+    h, y = head_inputs(m.network, dm.split_dataloader("train"))
+    last = m.network.head.net[-1]
+    raw = h @ last.weight.detach().double().T + last.bias.detach().double()
+    return float(m.likelihood.nll(raw, y).mean())
+
+
+def test_refit_widths_changes_only_the_width_rows_of_the_best_checkpoint(data32, tmp_path):  # noqa: F811
+    """Same seed and data, with and without the refit: every weight of the best checkpoint is equal
+    except the width rows of the head's last layer, and the refitted widths fit the training maps
+    in eval mode better."""
+    torch.set_num_threads(1)
+    ck = {}
+    for name, over in {"plain": [], "refit": ["callbacks=refit_widths"]}.items():
+        cfg = cfg_for(data32, tmp_path / name, "trainer.max_epochs=2", *over)
+        train(cfg)
+        ck[name] = tmp_path / name / "checkpoints" / "best.ckpt"
+    plain, refit = (torch.load(ck[n], weights_only=True) for n in ("plain", "refit"))
+    info = refit["cosmoinfer"]["width_refit"]
+    assert "width_refit" not in plain["cosmoinfer"]
+    assert info["n_maps"] == 12 * 15 and info["nll_after"] < info["nll_before"]
+    last = max(k for k in plain["state_dict"] if k.startswith("network.head.net.") and k.endswith(".weight"))
+    last_b = last[: -len("weight")] + "bias"
+    for k, v in plain["state_dict"].items():
+        if k in (last, last_b):
+            assert torch.equal(refit["state_dict"][k][:2], v[:2]), "the mean rows must not change"
+            assert not torch.equal(refit["state_dict"][k][2:], v[2:]), "the width rows must be refitted"
+        else:
+            assert torch.equal(refit["state_dict"][k], v), k
+    dm = build_datamodule(cfg_for(data32, tmp_path / "x"), None)
+    dm.augment = False
+    dm.setup("fit")
+    assert _eval_nll(ck["refit"], dm) < _eval_nll(ck["plain"], dm)
+
+
+def test_refit_widths_refuses_a_loss_without_separate_widths_before_training(data32, tmp_path):  # noqa: F811
+    with pytest.raises(InputError, match="loss=mse has no width outputs"):
+        train(cfg_for(data32, tmp_path / "mse", "callbacks=refit_widths", "loss=mse"))
+    assert not list((tmp_path / "mse").glob("checkpoints/*.ckpt"))
