@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import warnings
 
 import pytest
@@ -101,3 +102,32 @@ def test_refit_widths_refuses_a_loss_without_separate_widths_before_training(dat
     with pytest.raises(InputError, match="loss=mse has no width outputs"):
         train(cfg_for(data32, tmp_path / "mse", "callbacks=refit_widths", "loss=mse"))
     assert not list((tmp_path / "mse").glob("checkpoints/*.ckpt"))
+
+
+def test_refit_widths_uses_at_most_max_maps(data32, tmp_path):  # noqa: F811
+    train(cfg_for(data32, tmp_path / "sub", "callbacks=refit_widths", "callbacks.refit_widths.max_maps=50"))
+    info = torch.load(tmp_path / "sub" / "checkpoints" / "best.ckpt", weights_only=True)["cosmoinfer"]["width_refit"]
+    assert info["n_maps"] == 50 and info["max_maps"] == 50
+    assert info["nll_after"] <= info["nll_before"]
+
+
+def test_refit_widths_under_ddp_rewrites_the_best_checkpoint_once(data32, tmp_path):  # noqa: F811
+    """Two CPU processes: training ends, both ranks refit the same maps, and best.ckpt differs from
+    the one-epoch last.ckpt (the same weights before the refit) in the width rows only."""
+    from .test_training import run_cli
+
+    out = tmp_path / "ddp"
+    r = run_cli(["cosmoinfer.cli.train", "trainer=ddp_cpu", "callbacks=refit_widths", f"data.root={data32}",
+                 "data.suite=TestSuite", f"out_dir={out}", "model.hidden=4", "trainer.max_epochs=1",
+                 "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
+                 f"hydra.run.dir={tmp_path / 'hydra_ddp'}"], tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    best, last = (torch.load(out / "checkpoints" / f"{n}.ckpt", weights_only=True) for n in ("best", "last"))
+    info = best["cosmoinfer"]["width_refit"]
+    n_train = 15 * len(json.loads((out / "split.json").read_text())["train"])
+    assert info["n_maps"] == n_train and info["nll_after"] < info["nll_before"]  # every training map, once
+    assert not list((out / "checkpoints").glob("*.tmp"))
+    changed = [k for k, v in best["state_dict"].items() if not torch.equal(v, last["state_dict"][k])]
+    assert changed and all(k.startswith("network.head.net.") for k in changed), changed
+    for k in changed:
+        assert torch.equal(best["state_dict"][k][:2], last["state_dict"][k][:2]), "the mean rows must not change"
