@@ -137,3 +137,31 @@ def test_exact_figures_of_a_network_that_is_the_exact_posterior():
     ex_off = pl.exact_figures(off, val)
     np.testing.assert_allclose(ex_off["efficiency"], 1 / 1.25, rtol=0.03)
     assert np.all(ex_off["mean_shift"] > 0.45)
+
+
+def test_isotonic_error_interval_resamples_simulations_and_narrows_with_more_of_them():
+    """Calibrated Gaussian predictions, 15 maps per simulation: the bootstrap interval of the isotonic
+    coverage error is ordered, within twice the DKW tolerance of the two sets, and wider for a val
+    set of fewer simulations."""
+    from types import SimpleNamespace
+
+    from cosmoinfer.calibration.metrics import coverage_tolerance
+
+    rng = np.random.default_rng(1)
+
+    def draw(n_sims, per=15):
+        std = np.repeat(rng.uniform(0.05, 0.2, size=(n_sims, 2)), per, axis=0)
+        mean = np.repeat(rng.uniform(0.3, 0.7, size=(n_sims, 2)), per, axis=0)
+        truth = mean + std * rng.standard_normal(mean.shape)
+        return SimpleNamespace(truth=truth, mean=mean, std=std, sim_id=np.repeat(np.arange(n_sims), per))
+
+    test = draw(600)
+    lo, hi = pl.isotonic_error_interval(test, draw(400), n_boot=100)
+    lo_small, hi_small = pl.isotonic_error_interval(test, draw(40), n_boot=100)
+    assert np.all(0 <= lo) and np.all(lo < hi) and np.all(hi < 1)
+    assert np.all(hi <= 2 * (coverage_tolerance(400 * 15) + coverage_tolerance(600 * 15)))
+    assert np.all(hi_small > 1.5 * hi)
+    # calibration_figures(ci=True) reports it, and the figure itself lies inside it
+    figs = pl.calibration_figures(test, draw(400), ci=True)
+    assert np.all(figs["coverage_error_isotonic_ci_low"] <= figs["coverage_error_isotonic"])
+    assert np.all(figs["coverage_error_isotonic"] <= figs["coverage_error_isotonic_ci_high"])
