@@ -31,6 +31,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from cosmoinfer.errors import InputError
+from cosmoinfer.training.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,6 @@ class RefitWidths(pl.Callback):
         if int(max_maps) < 1:
             raise ValueError(f"RefitWidths: max_maps must be >= 1, got {max_maps}")
         self.max_maps, self.seed = int(max_maps), int(seed)
-        self.result: dict | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage == "fit":  # fail before training, not after it
@@ -165,17 +165,15 @@ class RefitWidths(pl.Callback):
         ckpt_cb = trainer.checkpoint_callback
         best = Path(ckpt_cb.best_model_path) if ckpt_cb is not None and ckpt_cb.best_model_path else None
         if best is not None and best.is_file():
-            from cosmoinfer.training.checkpoint import read_checkpoint
-
             pl_module.load_state_dict(read_checkpoint(best)["state_dict"])
         with torch.random.fork_rng(devices=[]):  # the dihedral views; the caller's RNG state is left alone
             torch.manual_seed(self.seed)
-            self.result = refit_widths(pl_module.network, pl_module.likelihood, self._loader(trainer))
-        pl_module.meta["width_refit"] = dict(self.result, max_maps=self.max_maps, seed=self.seed)
+            result = refit_widths(pl_module.network, pl_module.likelihood, self._loader(trainer))
+        pl_module.meta["width_refit"] = dict(result, max_maps=self.max_maps, seed=self.seed)
         log.info("RefitWidths: NLL per map on %d training maps in eval mode %.4f -> %.4f",
-                 self.result["n_maps"], self.result["nll_before"], self.result["nll_after"])
+                 result["n_maps"], result["nll_before"], result["nll_after"])
         if trainer.logger is not None and trainer.is_global_zero:
-            trainer.logger.log_metrics({f"refit/{k}": v for k, v in self.result.items()}, step=trainer.global_step)
+            trainer.logger.log_metrics({f"refit/{k}": v for k, v in result.items()}, step=trainer.global_step)
             trainer.logger.save()
         if best is not None and best.is_file():
             trainer.save_checkpoint(best)
