@@ -137,6 +137,12 @@ def test_exact_figures_of_a_network_that_is_the_exact_posterior():
     ex_off = pl.exact_figures(off, val)
     np.testing.assert_allclose(ex_off["efficiency"], 1 / 1.25, rtol=0.03)
     assert np.all(ex_off["mean_shift"] > 0.45)
+    # the exact posterior's own figures depend on the maps only: computed once, passed in, or left out
+    ref = pl.exact_reference(test, val)
+    assert set(ref) == {k for k in ex if k.startswith("exact_")}
+    for k, v in pl.exact_figures(off, val, reference=ref).items():
+        np.testing.assert_array_equal(v, ex_off[k])
+    assert not any(k.startswith("exact_") for k in pl.exact_figures(off, val, reference={}))
 
 
 def test_isotonic_error_interval_resamples_simulations_and_narrows_with_more_of_them():
