@@ -123,7 +123,7 @@ def scale_config(scale: str) -> dict:
             # suite) with the CNN sized for 2 CPU cores (hidden 8: ~70 s per epoch of 12 000 maps; the
             # presets' hidden 16 takes ~3x as long); on a GPU drop the two overrides
             camels=dict(n_sims=1000, grid=64, split=None, cnn=CPU_CNN, ps=["trainer.max_epochs=30"]),
-            sweep=dict(knob="lognormal_amplitude", values=[0.5, 1.0, 1.5, 2.0], n_sims=300, grid=64, split=None,
+            sweep=dict(knob="lognormal_amplitude", values=[0.5, 1.0, 1.5, 2.0], n_sims=400, grid=64, split=None,
                        cnn=CPU_CNN, ps=["trainer.max_epochs=30"]),
         )
     raise SystemExit(f"error: --scale must be quick, reduced or full, got {scale!r}")
