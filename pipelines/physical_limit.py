@@ -511,9 +511,11 @@ def exact_reference(test, val=None, ci: bool = False) -> dict[str, np.ndarray]:
 
 
 def _same_maps(a, b) -> bool:
-    """Whether two prediction sets are of the same maps (same simulations, truths, exact posteriors)."""
+    """Whether two prediction sets (or ``None``s) are of the same maps (simulations, truths, exact posteriors)."""
+    if a is None or b is None:
+        return a is b
     return (a.n == b.n and np.array_equal(a.sim_id, b.sim_id) and np.array_equal(a.truth, b.truth)
-            and np.array_equal(a.extra["exact_mean"], b.extra["exact_mean"]))
+            and np.array_equal(a.extra.get("exact_mean"), b.extra.get("exact_mean")))
 
 
 def _exact_as_gaussian(p) -> SimpleNamespace:
@@ -576,8 +578,7 @@ def summarise_grf(out: Path, info: dict) -> dict:
         test, val = _pair(root / "predictions", label)
         if test is None or "exact_mean" not in test.extra:
             continue
-        if ref is None or not (_same_maps(test, ref[0]) and (val is None) == (ref[1] is None)
-                               and (val is None or _same_maps(val, ref[1]))):
+        if ref is None or not (_same_maps(test, ref[0]) and _same_maps(val, ref[1])):
             ref = (test, val, exact_reference(test, val, ci=True))
         figs = {**exact_figures(test, val, reference=ref[2]), **calibration_figures(test, val, ci=True)}
         d = _per_param(test.param_names, figs)
