@@ -36,7 +36,19 @@ def test_quick_grf_run_writes_json_and_table(tmp_path):
         for metrics in exp.values():
             assert set(pl.GRF_METRICS) <= set(metrics)
             assert all(v is None or isinstance(v, (int, float)) for v in metrics.values())
+    # the recalibrations are fitted on the calibration set (fresh simulations of their own seed), not on val
+    from cosmoinfer.calibration import read_predictions
+    from cosmoinfer.calibration.recalibration import fit_std_scaling
+
+    preds = out / "grf" / "predictions" / "cnn_single"
+    test, cal, val = (read_predictions(preds / s / "predictions.h5") for s in ("test", "calib", "val"))
+    assert len(np.unique(cal.sim_id)) == pl.scale_config("quick")["grf"]["calib_sims"]
+    assert not np.isin(cal.truth[:, 0], np.concatenate([val.truth[:, 0], test.truth[:, 0]])).any()
+    scale = [res["grf_fisher"][nm]["recalibration_scale"] for nm in ("Omega_m", "sigma_8")]
+    assert np.allclose(scale, fit_std_scaling(cal.truth, cal.mean, cal.std), rtol=1e-5)
+    assert not np.allclose(scale, fit_std_scaling(val.truth, val.mean, val.std), rtol=1e-3)
     text = md.read_text()
+    assert f"'grf_fisher': '{cal.n} calibration maps'" in text
     assert text.startswith("# Benchmarks\n\n## Performance\n\nkept as is\n")  # other sections untouched
     assert text.count(pl.SECTION) == 1 and "grf_fisher" in text
     # the run record lives beside the JSON (not in --out), so what other parts recorded survives a rerun
