@@ -604,7 +604,7 @@ def summarise_grf(out: Path, info: dict) -> dict:
             d[nm]["train_minutes"] = _num(minutes if minutes is not None else np.nan)
         res[key] = _merge(d, base)
         info.setdefault("n_test", {})[key] = test.n
-        fit_set = "calibration" if (root / "predictions" / label / "calib" / "predictions.h5").is_file() else "val"
+        fit_set = None if val is None else "calibration" if Path(val.path).parent.name == "calib" else "val"
         info.setdefault("recalibration_fit", {})[key] = None if val is None else f"{val.n} {fit_set} maps"
     # exploratory variants (trained by hand into grf/explore/<name>, evaluated into
     # grf/explore_predictions/<name>/{val,test}): reported as grf_fisher_explore_<name>
