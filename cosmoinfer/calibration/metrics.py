@@ -22,7 +22,7 @@ import numpy as np
 from scipy import stats
 from scipy.special import ndtr, ndtri
 
-from cosmoinfer.calibration.mixture import mixture_cdf, mixture_ppf
+from cosmoinfer.posterior.member_moments import mixture_cdf, mixture_ppf
 from cosmoinfer.data.priors import Prior, to_unit
 
 #: Nominal levels of the coverage curve: 0.05, 0.10, ..., 0.95 (DESIGN.md coverage_error).

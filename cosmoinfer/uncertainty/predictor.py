@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cosmoinfer.calibration.mixture import mixture_cov, mixture_moments
+from cosmoinfer.posterior.member_moments import mixture_cov, mixture_moments
 from cosmoinfer.data.priors import Prior, gaussian_to_physical
 from cosmoinfer.data.transforms import dihedral
 from cosmoinfer.errors import InputError
