@@ -22,8 +22,8 @@ import numpy as np
 from scipy import stats
 from scipy.special import ndtr, ndtri
 
-from cosmoinfer.posterior.member_moments import mixture_cdf, mixture_ppf
 from cosmoinfer.data.priors import Prior, to_unit
+from cosmoinfer.posterior.member_moments import mixture_cdf, mixture_ppf
 
 #: Nominal levels of the coverage curve: 0.05, 0.10, ..., 0.95 (DESIGN.md coverage_error).
 DEFAULT_LEVELS = tuple(np.round(np.arange(1, 20) * 0.05, 2).tolist())
