@@ -71,18 +71,25 @@ def truth_vs_prediction(truth, mean, std, names: Sequence[str], max_points: int 
 
 
 def calibration_curves(levels, curves: Mapping[str, np.ndarray], n: int, names: Sequence[str],
-                       title: str = "", dpi: int = DPI) -> bytes:
-    """Empirical vs nominal coverage per parameter, with the 95% binomial band for ``n`` items.
+                       title: str = "", band=None, dpi: int = DPI) -> bytes:
+    """Empirical vs nominal coverage per parameter, with the 95% band of a calibrated predictor.
 
-    ``curves`` maps a label (e.g. "original", "variance scaling", or a method name) to an
-    ``(L, P)`` array of empirical coverage.
+    ``curves`` maps a label (e.g. "original", "width scaling", or a method name) to an ``(L, P)``
+    array of empirical coverage. ``band``: ``(lo, hi)`` each ``(L, P)`` (bootstrap over
+    simulations); default the binomial band of ``n`` independent items (simulations).
     """
     lv = np.asarray(levels, dtype=np.float64)
-    lo, hi = binomial_band(n, lv)
+    if band is None:
+        lo, hi = binomial_band(n, lv)
+        lo, hi = np.repeat(lo[:, None], len(names), 1), np.repeat(hi[:, None], len(names), 1)
+        band_label = f"95% band, {n} simulations"
+    else:
+        lo, hi = band
+        band_label = f"95% band ({n} simulations)"
     fig, axes = _new(len(names))
     styles = ["-", "--", ":", "-."]
     for j, (ax, name) in enumerate(zip(axes, names)):
-        ax.fill_between(lv, lo, hi, color="0.85", label=f"95% band, n={n}")
+        ax.fill_between(lv, lo[:, j], hi[:, j], color="0.85", label=band_label)
         ax.plot([0, 1], [0, 1], "k-", lw=0.8)
         for i, (label, cov) in enumerate(curves.items()):
             ax.plot(lv, np.asarray(cov)[:, j], styles[i % len(styles)], marker="o", ms=3,
@@ -235,6 +242,68 @@ def corner(truth, mean, cov, names: Sequence[str], n_show: int = 3, max_params: 
         ax = fig.add_subplot(1, 1, 1)
         ax.text(0.5, 0.5, "one parameter: no pairs", ha="center")
     fig.suptitle("posterior ellipses (1σ solid, 2σ dashed; ★ truth)", fontsize=9)
+    return _png(fig, dpi)
+
+
+def _hpd_levels(h: np.ndarray, masses=(0.68, 0.95)) -> list[float]:
+    """Density thresholds of a histogram ``h`` enclosing the given masses (highest bins first)."""
+    flat = np.sort(h.ravel())[::-1]
+    cum = np.cumsum(flat) / max(flat.sum(), 1e-300)
+    return sorted({float(flat[min(np.searchsorted(cum, m), flat.size - 1)]) for m in masses})
+
+
+def corner_draws(draws, truth, names: Sequence[str], exact: Mapping | None = None, s8: str | None = None,
+                 priors=None, max_params: int = 4, dpi: int = DPI) -> bytes:
+    """Corner plot of a few maps' predictive from draws ``(S, n, P)``; truths ``(n, P)`` marked.
+
+    Each parameter pair shows the 68% / 95% highest-density contours of the draws (2-D histogram),
+    one colour per map; ``exact`` (``index``, ``omega_m (n, G)``, ``sigma_8 (n, G)``,
+    ``log_density (n, G, G)``) adds the exact posterior's contours in black on the
+    (Omega_m, sigma_8) panel. ``s8``: add a panel of the derived S8 marginals. Prior bounds are
+    the axis limits where ``priors`` are given.
+    """
+    draws, truth = np.asarray(draws), np.asarray(truth)
+    p = min(len(names), max_params)
+    pairs = [(c, r) for r in range(1, p) for c in range(r)]
+    n_pan = len(pairs) + (1 if s8 else 0)
+    fig, axes = _new(n_pan, height=3.6, width=3.8, max_cols=3)
+    ex_idx = {}
+    if exact is not None and "Omega_m" in names and "sigma_8" in names:
+        ex_idx = {(names.index("Omega_m"), names.index("sigma_8")): True}
+    for ax, (c, r) in zip(axes, pairs):
+        for i in range(truth.shape[0]):
+            col = _COLORS[i % len(_COLORS)]
+            x, y = draws[:, i, c], draws[:, i, r]
+            h, xe, ye = np.histogram2d(x, y, bins=40)
+            xc, yc = 0.5 * (xe[1:] + xe[:-1]), 0.5 * (ye[1:] + ye[:-1])
+            lev = _hpd_levels(h)
+            if len(lev) > 1:
+                ax.contour(xc, yc, h.T, levels=lev, colors=[col], linewidths=[1.4, 0.8][:len(lev)])
+            ax.plot(truth[i, c], truth[i, r], "*", color=col, ms=10, mec="k", mew=0.5)
+            if ((c, r) in ex_idx or (r, c) in ex_idx) and i < np.asarray(exact["omega_m"]).shape[0]:
+                om, sg, ld = (np.asarray(exact[k])[i] for k in ("omega_m", "sigma_8", "log_density"))
+                if True:
+                    dens = np.exp(ld - ld.max())
+                    xs, ys, z = (om, sg, dens.T) if names[c] == "Omega_m" else (sg, om, dens)
+                    lev = _hpd_levels(dens)
+                    if len(lev) > 1:
+                        ax.contour(xs, ys, z, levels=lev, colors="k", linewidths=[1.4, 0.8][:len(lev)])
+        if priors is not None:
+            ax.set_xlim(priors[c].low, priors[c].high)
+            ax.set_ylim(priors[r].low, priors[r].high)
+        ax.set_xlabel(names[c])
+        ax.set_ylabel(names[r])
+    if s8:
+        ax = axes[len(pairs)]
+        i_om, i_s8 = names.index("Omega_m"), names.index("sigma_8")
+        for i in range(truth.shape[0]):
+            col = _COLORS[i % len(_COLORS)]
+            v = draws[:, i, i_s8] * np.sqrt(np.clip(draws[:, i, i_om], 0, None) / 0.3)
+            ax.hist(v, bins=40, histtype="step", color=col, density=True)
+            ax.axvline(truth[i, i_s8] * np.sqrt(truth[i, i_om] / 0.3), color=col, ls="--", lw=1)
+        ax.set_xlabel("S8 = σ8 (Ωm/0.3)^0.5")
+        ax.set_ylabel("density")
+        ax.set_title("derived S8 (dashed: truth)", fontsize=9)
     return _png(fig, dpi)
 
 

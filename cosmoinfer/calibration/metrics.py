@@ -22,6 +22,9 @@ import numpy as np
 from scipy import stats
 from scipy.special import ndtr, ndtri
 
+from cosmoinfer.calibration import by_simulation as bysim
+from cosmoinfer.calibration import scores
+from cosmoinfer.calibration.by_simulation import ks_uniform_pvalue
 from cosmoinfer.data.priors import Prior, to_unit
 from cosmoinfer.posterior.member_moments import mixture_cdf, mixture_ppf
 
@@ -261,15 +264,17 @@ def sbc_ranks(samples, truth) -> np.ndarray:
     return np.sum(_f(samples) < _f(truth)[None], axis=0)
 
 
-def sbc_ks_pvalues(ranks, n_samples: int, rng: np.random.Generator) -> np.ndarray:
-    """KS test of uniform SBC ranks, per parameter, ``(P,)`` p-values.
+def sbc_ks_pvalues(ranks, n_samples: int, rng: np.random.Generator, sim_id=None) -> np.ndarray:
+    """KS test of uniform SBC ranks, per parameter, ``(P,)`` p-values, on one item per simulation.
 
     Ranks are made continuous as ``(rank + U) / (S + 1)`` with ``U ~ U(0,1)`` drawn from ``rng``,
     which is exactly U(0,1) for a calibrated posterior, so the KS test is valid despite ties.
+    ``sim_id (N,)``: the simulation of each item (default: every item its own).
     """
     ranks = _f(ranks)
     u = (ranks + rng.uniform(size=ranks.shape)) / (n_samples + 1)
-    return np.array([stats.kstest(u[:, j], "uniform").pvalue for j in range(u.shape[1])])
+    sim_id = np.arange(u.shape[0]) if sim_id is None else sim_id
+    return np.atleast_1d(ks_uniform_pvalue(u, sim_id, rng))
 
 
 @dataclass
@@ -332,27 +337,31 @@ def tarp_credibility(samples, truth, ref, priors: Sequence[Prior] | None = None,
 
 
 def tarp_from_credibility(f, rng: np.random.Generator | None = None, n_alpha: int = 101,
-                          n_bootstrap: int = 100) -> TarpResult:
+                          n_bootstrap: int = 100, sim_id=None) -> TarpResult:
     """ECP curve, bootstrap band, ATC and KS p-value from credibilities ``f (R, N)`` (or ``(N,)``).
 
-    ``ECP(α) = mean_i [f_i < α]`` averaged over the R reference sets; the band resamples items
-    with replacement ``n_bootstrap`` times from the one ``rng`` (never reseeded in the loop); the
-    KS test uses the first reference set.
+    ``ECP(α) = mean_i [f_i < α]`` averaged over the R reference sets. The band resamples whole
+    simulations (``sim_id (N,)``; every item its own simulation when None) ``n_bootstrap`` times
+    from the one ``rng`` (never reseeded in the loop); the KS test uses the first reference set,
+    one item per simulation.
     """
     rng = np.random.default_rng(0) if rng is None else rng
     f = np.atleast_2d(_f(f))
     r, n = f.shape
+    sim_id = np.arange(n) if sim_id is None else np.asarray(sim_id)
+    _, inv = np.unique(sim_id, return_inverse=True)
+    g = int(inv.max()) + 1
     alpha = np.linspace(0, 1, n_alpha)
     # [f_i < alpha_k] iff k >= j_i with j_i = #{k : alpha_k <= f_i}: ECP is a cumulative histogram.
     j = np.searchsorted(alpha, f, side="right")  # (R, N) in 0..K
 
-    def ecp_of(weights: np.ndarray) -> np.ndarray:  # weights (N,) sum to n
+    def ecp_of(weights: np.ndarray) -> np.ndarray:  # weights (N,)
         hist = sum(np.bincount(j[k], weights=weights, minlength=n_alpha + 1) for k in range(r))
         return np.cumsum(hist)[:n_alpha] / (r * weights.sum())
 
     ecp = ecp_of(np.ones(n))
     if n_bootstrap > 1:
-        boots = np.stack([ecp_of(np.bincount(rng.integers(0, n, n), minlength=n).astype(float))
+        boots = np.stack([ecp_of(np.bincount(rng.integers(0, g, g), minlength=g)[inv].astype(float))
                           for _ in range(n_bootstrap)])
         lo, hi = np.percentile(boots, [2.5, 97.5], axis=0)
     else:
@@ -360,12 +369,13 @@ def tarp_from_credibility(f, rng: np.random.Generator | None = None, n_alpha: in
     upper = alpha >= 0.5
     diff = ecp[upper] - alpha[upper]
     atc = float(np.trapezoid(diff, alpha[upper]) if hasattr(np, "trapezoid") else np.trapz(diff, alpha[upper]))
-    pval = float(stats.kstest(f[0], "uniform").pvalue)
+    pval = float(ks_uniform_pvalue(f[0], sim_id, rng))
     return TarpResult(alpha=alpha, ecp=ecp, ecp_lo=lo, ecp_hi=hi, atc=atc, ks_pvalue=pval, f=f[0])
 
 
 def tarp(samples, truth, priors: Sequence[Prior] | None = None, bounds=None, n_refs: int = 1,
-         rng: np.random.Generator | None = None, n_alpha: int = 101, n_bootstrap: int = 100) -> TarpResult:
+         rng: np.random.Generator | None = None, n_alpha: int = 101, n_bootstrap: int = 100,
+         sim_id=None) -> TarpResult:
     """Tests of Accuracy with Random Points (Lemos et al. 2023) from posterior samples.
 
     Args:
@@ -379,7 +389,8 @@ def tarp(samples, truth, priors: Sequence[Prior] | None = None, bounds=None, n_r
         rng: a local generator (default ``np.random.default_rng(0)``); used for the references,
             the randomised credibilities and the bootstrap, never reseeded inside the loop.
         n_alpha: number of credibility levels on [0, 1].
-        n_bootstrap: bootstrap resamples of the items for the ECP band.
+        n_bootstrap: bootstrap resamples of the simulations for the ECP band.
+        sim_id: ``(N,)`` simulation of each item (default: every item its own).
 
     See :func:`tarp_credibility` and :func:`tarp_from_credibility`.
     """
@@ -390,7 +401,7 @@ def tarp(samples, truth, priors: Sequence[Prior] | None = None, bounds=None, n_r
     n, p = truth.shape
     f = np.stack([tarp_credibility(samples, truth, rng.uniform(size=(n, p)), priors, bounds, rng)
                   for _ in range(max(int(n_refs), 1))])
-    return tarp_from_credibility(f, rng, n_alpha, n_bootstrap)
+    return tarp_from_credibility(f, rng, n_alpha, n_bootstrap, sim_id=sim_id)
 
 
 def mahalanobis2(truth, mean, cov=None, std=None) -> np.ndarray:
@@ -458,22 +469,87 @@ def _level_key(level: float) -> str:
     return f"{level:.2f}" if abs(level - round(level, 2)) < 1e-9 else f"{level:g}"
 
 
+#: Family-wise false-alarm rate of a verdict, split between its two tests (coverage, width scale).
+ALPHA_VERDICT = 0.05
+ALPHA_COVERAGE = ALPHA_VERDICT / 2
+ALPHA_SCALE = ALPHA_VERDICT / 2
+
+
+def interval_score_from_bounds(truth, lo, hi, level: float) -> np.ndarray:
+    """Interval score ``(u − l) + (2/a)(l − y)⁺ + (2/a)(y − u)⁺`` with ``a = 1 − level``, ``(N, P)``."""
+    a = 1.0 - float(level)
+    y = _f(truth)
+    return (hi - lo) + (2 / a) * np.maximum(lo - y, 0) + (2 / a) * np.maximum(y - hi, 0)
+
+
+def width_scale(pred_predictive, truth, sim_id, rng: np.random.Generator, n_boot: int = 1000):
+    """Width scale ``s = sqrt(mean z_u²)`` per parameter ``(P,)`` and its standard error by simulation.
+
+    ``s > 1``: intervals too narrow by that factor; ``s < 1``: too wide (see
+    :func:`cosmoinfer.calibration.scores.width_scale_terms`).
+    """
+    z2 = scores.width_scale_terms(pred_predictive, truth)
+    m, se = bysim.mean_with_se(z2, sim_id, rng, n_boot)
+    s = np.sqrt(m)
+    return s, se / (2 * np.maximum(s, 1e-300))
+
+
+def _s8_block(pred, q, rng, lv, n_samples: int, n_boot: int) -> tuple[dict, dict]:
+    """Metrics of the derived S8 from draws of the predictive inside the prior box."""
+    draws, truth = scores.s8_draws(q, pred.truth, rng, n_samples)  # (S, N), (N,)
+    mean, std = draws.mean(axis=0), draws.std(axis=0, ddof=1)
+    below = np.sum(draws < truth[None], axis=0)
+    pit_v = ((below + rng.uniform(size=below.shape)) / (draws.shape[0] + 1))[:, None]
+    curve = coverage_from_pit(pit_v, lv)[:, 0]
+    rep = coverage_from_pit(pit_v, REPORTED_LEVELS)[:, 0]
+    h = 1.06 * std * draws.shape[0] ** (-0.2)
+    dens = np.mean(np.exp(-0.5 * ((truth[None] - draws) / h) ** 2), axis=0) / (h * np.sqrt(2 * np.pi))
+    t, m = truth[:, None], mean[:, None]
+    d = {
+        "derived": "S8 = sigma_8 (Omega_m / 0.3)^0.5, from predictive draws inside the prior box",
+        "rmse": float(rmse(t, m)[0]), "r2": float(r2(t, m)[0]), "mean_rel_err": float(mean_rel_err(t, m)[0]),
+        "chi2": float(chi2(t, m, std[:, None])[0]),
+        "nll": float(-np.mean(np.log(np.maximum(dens, 1e-300)))),
+        "crps": float(np.mean(sr_crps_ensemble(truth, draws))),
+        "coverage": {_level_key(x): float(rep[i]) for i, x in enumerate(REPORTED_LEVELS)},
+        "coverage_curve": {_level_key(x): float(curve[i]) for i, x in enumerate(lv)},
+        "coverage_error": float(np.max(np.abs(curve - lv))),
+        "coverage_tolerance": float(bysim.coverage_tolerance(pit_v, pred.sim_id, lv, rng, ALPHA_COVERAGE,
+                                                             n_boot)[0]),
+        "mean_std": float(std.mean()),
+        "pit_ks_pvalue": float(ks_uniform_pvalue(pit_v[:, 0], pred.sim_id, rng)),
+    }
+    return d, {"pit": pit_v[:, 0], "mean": mean, "std": std, "truth": truth}
+
+
+def sr_crps_ensemble(truth, draws) -> np.ndarray:
+    """CRPS of draws ``(S, N)`` at ``truth (N,)`` (scoringrules' ensemble estimator), ``(N,)``."""
+    import scoringrules as sr
+
+    return np.asarray(sr.crps_ensemble(_f(truth), _f(draws).T, m_axis=-1))
+
+
 def compute_metrics(pred, levels=DEFAULT_LEVELS, rng: np.random.Generator | None = None, *,
                     n_posterior_samples: int = 500, tarp_refs: int = 1, n_bootstrap: int = 100,
-                    return_arrays: bool = False):
-    """Metrics of one :class:`Predictions` in the ``metrics.json`` shape.
+                    n_hpd_samples: int = 1000, return_arrays: bool = False):
+    """Metrics of one :class:`~cosmoinfer.posterior.predictions.Predictions`, from its whole predictive.
 
-    Returns ``{"method", "n", "params": {name: {...}}, "joint": {...}}``. Per parameter: ``rmse, r2,
-    mean_rel_err, chi2, nll, crps, coverage ({"0.68": x, "0.95": y}), coverage_error`` (max over
-    ``levels``), ``mean_std``, plus ``miscalibration_area``, ``interval_score_0.68/0.95``,
-    ``coverage_curve``, ``sbc_ks_pvalue``, the aleatoric/epistemic split and, with member arrays,
-    the mixture's ``nll_mixture``, ``crps_mixture``, ``coverage_mixture``. ``joint``: ``tarp_atc,
-    tarp_ks_pvalue, sbc_ks_pvalue`` (Bonferroni over parameters), ``ellipse_coverage`` and
-    ``ellipse_coverage_error``. Posterior samples come from each item's Gaussian (diagonal, or
-    ``cov`` when present) drawn with the local ``rng`` (default ``default_rng(0)``).
+    Returns ``{"method", "n", "n_sims", "params": {name: {...}}, "joint": {...}}``. Per parameter
+    (physical units): ``rmse, r2, mean_rel_err, chi2`` of the predictive mean and std (CMD
+    definitions); ``nll`` (marginal, nats), ``crps``, ``coverage`` of the equal-tailed intervals
+    at 0.68/0.95 and ``coverage_curve`` (from the marginal CDFs), ``coverage_error`` (max over
+    ``levels``) with its ``coverage_tolerance`` (bootstrap over simulations), ``pit_ks_pvalue``
+    and ``sbc_ks_pvalue`` (one map per simulation), ``width_scale`` and ``width_scale_se``,
+    ``mean_std``, interval scores, the aleatoric/epistemic split. ``joint``: ``nll`` (joint, nats),
+    ``hpd_coverage`` / ``hpd_coverage_error`` / ``hpd_coverage_tolerance`` of highest-density
+    regions, ``tarp_atc``, ``tarp_ks_pvalue``, ``sbc_ks_pvalue`` (Bonferroni over parameters) and,
+    where ``exact_log_prob`` is stored (grf maps), ``expected_kl`` ``{value, lo, hi, n_sims}``.
+    A derived ``S8`` entry joins ``params`` when Omega_m and sigma_8 are both inferred.
 
-    With ``return_arrays=True`` returns ``(metrics, arrays)`` where ``arrays`` holds the PIT,
-    z-scores, coverage curves, SBC ranks and the :class:`TarpResult` for the figures.
+    SBC and TARP use ``n_posterior_samples`` draws per item of the predictive restricted to the
+    prior box; everything random comes from the local ``rng`` (default ``default_rng(0)``).
+    With ``return_arrays=True`` returns ``(metrics, arrays)`` (PIT, z-scores, curves, SBC ranks,
+    HPD credibilities and the :class:`TarpResult`) for the figures.
     """
     rng = np.random.default_rng(0) if rng is None else rng
     lv = _levels(levels)
@@ -482,57 +558,54 @@ def compute_metrics(pred, levels=DEFAULT_LEVELS, rng: np.random.Generator | None
              "params": {pred.param_names[0]: classification_metrics(pred.truth, pred.mean)}, "joint": {}}
         return (m, {}) if return_arrays else m
 
-    t, mu, sd = pred.truth, pred.mean, pred.std
-    pit_v = pit(t, mu, sd)
+    q, t, sim = pred.predictive, pred.truth, pred.sim_id
+    n_boot = max(int(n_bootstrap), 200)
+    mu, cov = q.moments()
+    sd = np.sqrt(np.diagonal(cov, axis1=1, axis2=2))
+    pit_v = scores.pit(q, t)
     cov_curve = coverage_from_pit(pit_v, lv)
     cov_rep = coverage_from_pit(pit_v, REPORTED_LEVELS)
-    cerr = coverage_error(cov_curve, lv)
+    s_w, s_se = width_scale(q, t, sim, rng, n_boot)
     cols = {
         "rmse": rmse(t, mu), "r2": r2(t, mu), "mean_rel_err": mean_rel_err(t, mu), "chi2": chi2(t, mu, sd),
-        "nll": gaussian_nll(t, mu, sd), "crps": crps_gaussian(t, mu, sd), "coverage_error": cerr,
+        "nll": np.mean(scores.marginal_nll(q, t), axis=0), "crps": np.mean(scores.crps(q, t), axis=0),
+        "coverage_error": coverage_error(cov_curve, lv),
+        "coverage_tolerance": bysim.coverage_tolerance(pit_v, sim, lv, rng, ALPHA_COVERAGE, n_boot),
+        "pit_ks_pvalue": np.atleast_1d(ks_uniform_pvalue(pit_v, sim, rng)),
+        "width_scale": s_w, "width_scale_se": s_se,
         "mean_std": sharpness(sd), "miscalibration_area": miscalibration_area(pit_v),
         "mean_z": np.mean(zscore(t, mu, sd), axis=0),
         "mean_std_aleatoric": sharpness(pred.std_aleatoric), "mean_std_epistemic": sharpness(pred.std_epistemic),
-        "epistemic_fraction": np.mean(pred.std_epistemic**2 / sd**2, axis=0),
+        "epistemic_fraction": np.mean(pred.std_epistemic**2 / np.maximum(pred.std**2, 1e-300), axis=0),
     }
     for level in REPORTED_LEVELS:
-        cols[f"interval_score_{level:.2f}"] = interval_score(t, mu, sd, level)
-    arrays: dict = {"pit": pit_v, "z": zscore(t, mu, sd), "coverage_curve": cov_curve, "levels": lv}
+        lo, hi = q.central_interval(level)
+        cols[f"interval_score_{level:.2f}"] = np.mean(interval_score_from_bounds(t, lo, hi, level), axis=0)
+    arrays: dict = {"pit": pit_v, "z": zscore(t, mu, sd), "coverage_curve": cov_curve, "levels": lv,
+                    "mean": mu, "std": sd}
 
-    mix = {}
-    if pred.has_members:
-        w = pred.mixture_weights
-        pit_m = pit_mixture(t, pred.member_mean, pred.member_std, w)
-        cm = coverage_from_pit(pit_m, lv)
-        mix = {
-            "nll_mixture": mixture_nll(t, pred.member_mean, pred.member_std, w),
-            "crps_mixture": crps_mixture(t, pred.member_mean, pred.member_std, w),
-            "coverage_error_mixture": coverage_error(cm, lv),
-            "_cov_mix": coverage_from_pit(pit_m, REPORTED_LEVELS),
-        }
-        arrays["coverage_curve_mixture"] = cm
-        arrays["pit_mixture"] = pit_m
-
-    # Posterior samples are drawn once per chunk of items and feed both SBC and TARP; chunks keep
-    # memory at O(S × chunk × P) for large test sets.
+    # Draws of the predictive inside the prior box, a block of items at a time (memory
+    # O(S x block x P)); they feed both SBC and TARP.
     bounds = None if pred.priors is not None else (t.min(axis=0), t.max(axis=0))
     n_refs = max(int(tarp_refs), 1)
     refs = rng.uniform(size=(n_refs,) + t.shape)
     ranks = np.empty(t.shape, dtype=np.int64)
     f = np.empty((n_refs, pred.n))
-    chunk = max(1, int(4_000_000 // max(n_posterior_samples * pred.p, 1)))
+    chunk = max(1, int(2_000_000 // max(n_posterior_samples * pred.p * getattr(q, "k", 1), 1)))
     for a in range(0, pred.n, chunk):
-        sl = slice(a, min(a + chunk, pred.n))
-        samples = gaussian_samples(mu[sl], sd[sl], n_posterior_samples, rng,
-                                   cov=None if pred.cov is None else pred.cov[sl])
-        ranks[sl] = sbc_ranks(samples, t[sl])
+        idx = np.arange(a, min(a + chunk, pred.n))
+        samples = q.subset(idx).sample(n_posterior_samples, rng, truncate=True)
+        ranks[idx] = sbc_ranks(samples, t[idx])
         for k in range(n_refs):
-            f[k, sl] = tarp_credibility(samples, t[sl], refs[k, sl], pred.priors, bounds, rng)
-    sbc_p = sbc_ks_pvalues(ranks, n_posterior_samples, rng)
-    tr = tarp_from_credibility(f, rng, n_bootstrap=n_bootstrap)
-    ell = joint_ellipse_coverage(t, mu, pred.cov, lv, std=sd)
-    ell_rep = joint_ellipse_coverage(t, mu, pred.cov, REPORTED_LEVELS, std=sd)
-    arrays.update(sbc_ranks=ranks, tarp=tr, ellipse_curve=ell)
+            f[k, idx] = tarp_credibility(samples, t[idx], refs[k, idx], pred.priors, bounds, rng)
+    sbc_p = sbc_ks_pvalues(ranks, n_posterior_samples, rng, sim)
+    tr = tarp_from_credibility(f, rng, n_bootstrap=n_bootstrap, sim_id=sim)
+    hpd = scores.hpd_credibility(q, t, rng, n_hpd_samples)
+    hpd_curve = scores.coverage_from_credibility(hpd, lv)
+    hpd_rep = scores.coverage_from_credibility(hpd, REPORTED_LEVELS)
+    hpd_tol = bysim.coverage_tolerance(0.5 + hpd / 2, sim, lv, rng, ALPHA_COVERAGE, n_boot)
+    log_q = scores.log_score(q, t)
+    arrays.update(sbc_ranks=ranks, tarp=tr, hpd=hpd, hpd_curve=hpd_curve, log_q=log_q)
 
     params = {}
     for j, name in enumerate(pred.param_names):
@@ -540,23 +613,27 @@ def compute_metrics(pred, levels=DEFAULT_LEVELS, rng: np.random.Generator | None
         d["coverage"] = {_level_key(lvl): float(cov_rep[i, j]) for i, lvl in enumerate(REPORTED_LEVELS)}
         d["coverage_curve"] = {_level_key(lvl): float(cov_curve[i, j]) for i, lvl in enumerate(lv)}
         d["sbc_ks_pvalue"] = float(sbc_p[j])
-        if mix:
-            d["nll_mixture"] = float(mix["nll_mixture"][j])
-            d["crps_mixture"] = float(mix["crps_mixture"][j])
-            d["coverage_mixture"] = {_level_key(lvl): float(mix["_cov_mix"][i, j])
-                                     for i, lvl in enumerate(REPORTED_LEVELS)}
-            d["coverage_error_mixture"] = float(mix["coverage_error_mixture"][j])
         params[name] = d
+    if scores.has_s8(pred.param_names):
+        params["S8"], arrays["s8"] = _s8_block(pred, q, rng, lv, max(n_posterior_samples, 2000), n_boot)
+    finite = np.isfinite(log_q)
     joint = {
+        "nll": float(-np.mean(log_q)) if finite.all() else None,
+        "hpd_coverage": {_level_key(lvl): float(hpd_rep[i]) for i, lvl in enumerate(REPORTED_LEVELS)},
+        "hpd_coverage_curve": {_level_key(lvl): float(hpd_curve[i]) for i, lvl in enumerate(lv)},
+        "hpd_coverage_error": float(np.max(np.abs(hpd_curve - lv))),
+        "hpd_coverage_tolerance": float(hpd_tol[0]),
         "tarp_atc": tr.atc,
         "tarp_ks_pvalue": tr.ks_pvalue,
         "sbc_ks_pvalue": float(min(1.0, sbc_p.min() * len(sbc_p))),
-        "ellipse_coverage": {_level_key(lvl): float(ell_rep[i]) for i, lvl in enumerate(REPORTED_LEVELS)},
-        "ellipse_coverage_error": float(np.max(np.abs(ell - lv))),
-        "covariance": "full" if pred.cov is not None else "diagonal",
+        "predictive": q.kind + (f" ({q.k} components)" if hasattr(q, "k") else ""),
         "n_posterior_samples": int(n_posterior_samples),
         "tarp_refs": int(tarp_refs),
         "tarp_scaling": "prior" if pred.priors is not None else "range of truth",
     }
-    m = {"method": pred.method, "n": pred.n, "params": params, "joint": joint}
+    if "exact_log_prob" in pred.extra and finite.all():
+        from cosmoinfer.calibration.exact import expected_kl
+
+        joint["expected_kl"] = expected_kl(pred.extra["exact_log_prob"], log_q, sim, rng)
+    m = {"method": pred.method, "n": pred.n, "n_sims": bysim.n_sims(sim), "params": params, "joint": joint}
     return (m, arrays) if return_arrays else m

@@ -26,22 +26,26 @@ from typing import Any, Sequence
 import numpy as np
 from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
+from cosmoinfer.calibration import by_simulation as bysim
 from cosmoinfer.calibration import figures as figs
 from cosmoinfer.calibration.metrics import (
+    ALPHA_COVERAGE,
+    ALPHA_SCALE,
     DEFAULT_LEVELS,
     REPORTED_LEVELS,
     _level_key,
     classification_metrics,
     compute_metrics,
-    coverage,
     coverage_error,
-    coverage_tolerance,
+    coverage_from_pit,
+    width_scale,
 )
-from cosmoinfer.calibration.metrics import pit as gaussian_pit
-from cosmoinfer.calibration.predictions import Predictions, read_predictions
-from cosmoinfer.calibration.recalibration import IsotonicCalibrator, fit_std_scaling, pava
+from cosmoinfer.calibration.recalibration import IsotonicCalibrator, pava
+from cosmoinfer.calibration.scores import pit as predictive_pit
+from cosmoinfer.calibration.scores import width_scale_terms
 from cosmoinfer.calibration.verdict import verdict
 from cosmoinfer.errors import InputError, atomic_path
+from cosmoinfer.posterior.predictions import Predictions, read_predictions
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
 TEMPLATE_NAME = "report.html.j2"
@@ -129,46 +133,51 @@ def _split_fit_eval(pred: Predictions, val: Predictions | None, rng: np.random.G
     if val is not None:
         return val, pred, (f"fitted on the validation predictions ({val.path}, n={val.n}) and judged on all "
                            f"{pred.n} test items")
-    perm = rng.permutation(pred.n)
-    half = pred.n // 2
-    fit, ev = pred.subset(np.sort(perm[:half])), pred.subset(np.sort(perm[half:]))
-    return fit, ev, (f"fitted on a random half of the test predictions (n={fit.n}) and judged on the other "
-                     f"half (n={ev.n}), because no validation predictions were given")
+    sims = np.unique(pred.sim_id)
+    half = rng.permutation(sims)[: len(sims) // 2]
+    in_fit = np.isin(pred.sim_id, half)
+    fit, ev = pred.subset(np.flatnonzero(in_fit)), pred.subset(np.flatnonzero(~in_fit))
+    return fit, ev, (f"fitted on a random half of the test simulations ({len(half)} simulations, n={fit.n}) and "
+                     f"judged on the other half ({len(sims) - len(half)} simulations, n={ev.n}), because no "
+                     f"validation predictions were given")
 
 
 def _recalibrate(pred: Predictions, val: Predictions | None, levels, rng, opts: dict):
-    """Variance scaling and isotonic recalibration: fitted on ``val`` (or a half), judged on the rest."""
+    """Width scaling and isotonic recalibration: fitted on ``val`` (or half the simulations), judged on the rest.
+
+    Both act on the whole predictive: the width scale stretches it about its mean in unit
+    coordinates (:meth:`MixturePredictive.scaled`), the isotonic map recalibrates its marginal CDFs.
+    """
     fit, ev, fit_on = _split_fit_eval(pred, val, rng)
     names = pred.param_names
     lv = np.asarray(levels, dtype=np.float64)
-    s = fit_std_scaling(fit.truth, fit.mean, fit.std)
-    iso = IsotonicCalibrator.from_pit(gaussian_pit(fit.truth, fit.mean, fit.std))
-    before = coverage(ev.truth, ev.mean, ev.std, lv)
-    before_rep = coverage(ev.truth, ev.mean, ev.std, REPORTED_LEVELS)
+    s = np.sqrt(np.mean(width_scale_terms(fit.predictive, fit.truth), axis=0))
+    iso = IsotonicCalibrator.from_pit(predictive_pit(fit.predictive, fit.truth))
+    pit_ev = predictive_pit(ev.predictive, ev.truth)
+    before = coverage_from_pit(pit_ev, lv)
+    before_rep = coverage_from_pit(pit_ev, REPORTED_LEVELS)
     err_before = coverage_error(before, lv)
     after_m, after_a = compute_metrics(ev.scaled(s), lv, rng, return_arrays=True, **opts)
-    pit_ev = gaussian_pit(ev.truth, ev.mean, ev.std)
     iso_cov = iso.recalibrated_coverage_from_pit(pit_ev, lv)
     iso_rep = iso.recalibrated_coverage_from_pit(pit_ev, REPORTED_LEVELS)
     err_iso = coverage_error(iso_cov, lv)
-    tol = coverage_tolerance(ev.n)
-    z_ev = (ev.truth - ev.mean) / ev.std
-    mean_z = np.mean(z_ev, axis=0)
+    tol = bysim.coverage_tolerance(pit_ev, ev.sim_id, lv, rng, ALPHA_COVERAGE)
     # the scale the evaluated set itself asks for (the verdict's status; on a foreign suite it can
-    # be far from the one fitted on val, which is what recalibration applies)
-    s_ev = np.sqrt(np.mean(z_ev**2, axis=0))
-    s_ev_se = np.std(z_ev**2, axis=0) / np.sqrt(ev.n) / (2 * s_ev)
-    # Standard error of s from the spread of z² on the fitting set (robust to heavy tails).
-    z2 = ((fit.truth - fit.mean) / fit.std) ** 2
-    scale_se = np.std(z2, axis=0) / np.sqrt(fit.n) / (2 * s)
+    # be far from the one fitted on val, which is what recalibration applies), with its SE by simulation
+    s_ev, s_ev_se = width_scale(ev.predictive, ev.truth, ev.sim_id, rng)
+    mean_z = np.mean((ev.truth - ev.mean) / ev.std, axis=0)
+    g_ev = bysim.n_sims(ev.sim_id)
+    crit = bysim.critical_t(ev.sim_id, ALPHA_SCALE)
     block = {
-        "method": "variance scaling",
+        "method": "width scaling",
         "fit_on": fit_on,
         "n_fit": fit.n,
         "n": ev.n,
-        "coverage_tolerance": tol,
+        "n_sims": g_ev,
+        "coverage_tolerance": {nm: float(tol[j]) for j, nm in enumerate(names)},
         "scale": {nm: float(s[j]) for j, nm in enumerate(names)},
-        "scale_se": {nm: float(scale_se[j]) for j, nm in enumerate(names)},
+        "scale_eval": {nm: float(s_ev[j]) for j, nm in enumerate(names)},
+        "scale_eval_se": {nm: float(s_ev_se[j]) for j, nm in enumerate(names)},
         "params": after_m["params"],
         "joint": after_m["joint"],
         "before": {nm: {"coverage": {_level_key(lvl): float(before_rep[i, j]) for i, lvl in enumerate(REPORTED_LEVELS)},
@@ -177,40 +186,46 @@ def _recalibrate(pred: Predictions, val: Predictions | None, levels, rng, opts: 
                           "coverage_error": float(err_iso[j])} for j, nm in enumerate(names)},
     }
     verdicts = [
-        verdict(nm, float(s_ev[j]), float(err_before[j]), float(after_m["params"][nm]["coverage_error"]), tol,
-                err_isotonic=float(err_iso[j]), mean_z=float(mean_z[j]), n=ev.n, n_fit=ev.n,
-                scale_se=float(s_ev_se[j]), fit_scale=float(s[j]), fit_on="val" if val is not None else "a half")
+        verdict(nm, float(s_ev[j]), float(err_before[j]), float(after_m["params"][nm]["coverage_error"]),
+                float(tol[j]), err_isotonic=float(err_iso[j]), mean_z=float(mean_z[j]), n=ev.n,
+                scale_se=float(s_ev_se[j]), fit_scale=float(s[j]), fit_on="val" if val is not None else "a half",
+                scale_crit=crit, n_sims=g_ev)
         for j, nm in enumerate(names)
     ]
-    curves = {"original": before, f"variance scaling (s fitted on {'val' if val is not None else 'half'})":
+    curves = {"original": before, f"width scaling (s fitted on {'val' if val is not None else 'half'})":
               after_a["coverage_curve"], "isotonic": iso_cov}
-    return block, verdicts, curves, ev.n
+    band = bysim.coverage_band(pit_ev, ev.sim_id, lv, rng)
+    return block, verdicts, curves, band, g_ev
 
 
 def _exact_block(pred: Predictions) -> dict | None:
     if not ("exact_mean" in pred.extra and "exact_std" in pred.extra):
         return None
+    from cosmoinfer.calibration import exact as ex
+
     em, es = pred.extra["exact_mean"], pred.extra["exact_std"]
+    eff = ex.efficiency(pred.truth, pred.mean, em)
+    ratio = ex.std_ratio_median(pred.std, es)
+    shift = ex.mean_shift(pred.mean, em, es)
     out = {}
     for j, nm in enumerate(pred.param_names):
-        mse_net = float(np.mean((pred.mean[:, j] - pred.truth[:, j]) ** 2))
-        mse_ex = float(np.mean((em[:, j] - pred.truth[:, j]) ** 2))
         out[nm] = {
-            "mse_network": mse_net,
-            "mse_exact": mse_ex,
-            "efficiency": mse_ex / mse_net if mse_net > 0 else None,
-            "median_std_ratio": float(np.median(pred.std[:, j] / es[:, j])),
-            "rms_mean_offset_in_exact_std": float(np.sqrt(np.mean(((pred.mean[:, j] - em[:, j]) / es[:, j]) ** 2))),
-            "exact_coverage_error": float(coverage_error(coverage(pred.truth[:, j:j + 1], em[:, j:j + 1],
-                                                                  es[:, j:j + 1]))[0]),
+            "mse_network": float(np.mean((pred.mean[:, j] - pred.truth[:, j]) ** 2)),
+            "mse_exact": float(np.mean((em[:, j] - pred.truth[:, j]) ** 2)),
+            "efficiency": float(eff[j]),
+            "median_std_ratio": float(ratio[j]),
+            "rms_mean_offset_in_exact_std": float(shift[j]),
         }
+        if "exact_pit" in pred.extra:
+            cov = coverage_from_pit(pred.extra["exact_pit"][:, j:j + 1], DEFAULT_LEVELS)
+            out[nm]["exact_coverage_error"] = float(coverage_error(cov, DEFAULT_LEVELS)[0])
     return out
 
 
 def _analyse_regression(label: str, pred: Predictions, val: Predictions | None, levels, rng, opts, dpi):
     names = pred.param_names
     metrics, arrays = compute_metrics(pred, levels, rng, return_arrays=True, **opts)
-    recal, verdicts, curves, n_eval = _recalibrate(pred, val, levels, rng, opts)
+    recal, verdicts, curves, band, g_eval = _recalibrate(pred, val, levels, rng, opts)
     metrics["label"] = label
     metrics["split"] = pred.split
     if pred.path:
@@ -229,9 +244,10 @@ def _analyse_regression(label: str, pred: Predictions, val: Predictions | None, 
                 "Predicted mean ± 1σ against the true value (subsample of at most 400 items).",
                 figs.truth_vs_prediction(pred.truth, pred.mean, pred.std, names, rng=rng, dpi=dpi)),
         _Figure("calibration", "Calibration curve",
-                f"Empirical vs nominal coverage of central intervals on the {n_eval} held-out items, before and "
-                "after recalibration; grey: 95% binomial band of a calibrated predictor.",
-                figs.calibration_curves(levels, curves, n_eval, names, dpi=dpi)),
+                f"Empirical vs nominal coverage of the equal-tailed intervals of the predictive on the held-out "
+                f"maps of {g_eval} simulations, before and after recalibration; grey: 95% band of a calibrated "
+                "predictor (bootstrap over simulations).",
+                figs.calibration_curves(levels, curves, g_eval, names, band=band, dpi=dpi)),
         _Figure("pit", "PIT histogram",
                 "Flat if calibrated; ∪-shaped when intervals are too narrow, ∩-shaped when too wide, tilted when biased.",
                 figs.pit_histogram(arrays["pit"], names, dpi=dpi)),
@@ -249,16 +265,34 @@ def _analyse_regression(label: str, pred: Predictions, val: Predictions | None, 
                          "Per-item split of the predictive std into aleatoric (mean member variance) and epistemic "
                          "(spread of member means) parts.",
                          figs.aleatoric_epistemic(pred.std_aleatoric, pred.std_epistemic, names, dpi=dpi)))
-    if pred.cov is not None and pred.p >= 2:
-        f.append(_Figure("corner", "Posterior ellipses",
-                         "Full-covariance posteriors of three random items, parameter pairs.",
-                         figs.corner(pred.truth, pred.mean, pred.cov, names, rng=rng, dpi=dpi)))
+    if pred.p >= 2:
+        f.append(_corner_figure(pred, rng, dpi))
     if exact is not None:
         f.append(_Figure("exact", "Network vs exact posterior",
                          "Network mean and std against the exact GRF posterior of each map.",
                          figs.exact_comparison(pred.truth, pred.mean, pred.std, pred.extra["exact_mean"],
                                                pred.extra["exact_std"], names, dpi=dpi)))
     return metrics, f, verdicts, arrays, curves
+
+
+def _corner_figure(pred: Predictions, rng, dpi) -> _Figure:
+    """Corner plot of a few maps' whole predictive (draws), truth marked, exact posterior where stored."""
+    grid = pred.extra.get("exact_grid")
+    if isinstance(grid, dict) and "index" in grid:
+        pick = np.asarray(grid["index"], dtype=int)[:3]
+    else:
+        pick = np.sort(rng.choice(pred.n, min(3, pred.n), replace=False))
+        grid = None
+    draws = pred.predictive.subset(pick).sample(3000, rng, truncate=True)  # (S, n, P)
+    names = list(pred.param_names)
+    with_s8 = "S8" if all(nm in names for nm in ("Omega_m", "sigma_8")) else None
+    caption = (f"Predictive of {len(pick)} test maps (draws inside the prior box; contours hold 68% and 95% of "
+               "them); ★ the truth")
+    if grid is not None:
+        caption += "; black: the exact posterior of the same maps (68% and 95% highest-density contours)"
+    return _Figure("corner", "Posterior of a few maps",
+                   caption + ".", figs.corner_draws(draws, pred.truth[pick], names, exact=grid, s8=with_s8,
+                                                    priors=pred.priors, dpi=dpi))
 
 
 def _fit_prob_isotonic(p_fit: np.ndarray, y_fit: np.ndarray):
@@ -439,11 +473,12 @@ def build_report(
             common = [nm for nm in preds[0].param_names if all(nm in p.param_names for p in preds)]
             curves = {lab: a["coverage_curve"][:, [p.param_names.index(nm) for nm in common]]
                       for (lab, a), p in zip(all_curves.items(), preds)}
-            n_min = min(p.n for p in preds)
+            g_min = min(bysim.n_sims(p.sim_id) for p in preds)
             comparison_figs.append(_Figure(
                 "comparison_calibration", "Calibration of all methods",
-                f"Empirical vs nominal coverage on the test items, before recalibration; grey: 95% binomial band "
-                f"for n={n_min}.", figs.calibration_curves(levels, curves, n_min, common, dpi=dpi)))
+                "Empirical vs nominal coverage on the test maps, before recalibration; grey: 95% band of a "
+                f"calibrated predictor for {g_min} independent simulations.",
+                figs.calibration_curves(levels, curves, g_min, common, dpi=dpi)))
             comparison_figs.append(_Figure("comparison_tarp", "TARP of all methods", "",
                                            figs.tarp_curve(all_tarp, dpi=dpi)))
         else:

@@ -1,10 +1,13 @@
 """One-line verdicts on how honest each parameter's widths are.
 
-The verdict rests on two numbers from the evaluated set: the coverage error (max |empirical −
-nominal| over the levels) compared with what a calibrated predictor of the same size reaches
-with 95% probability (:func:`~cosmoinfer.calibration.metrics.coverage_tolerance`), and the
-set's own variance-scaling factor ``s = sqrt(mean z²)`` (``s > 1``: too narrow, ``s < 1``: too
-wide). The fix it reports is the scale fitted on the validation set (``fit_scale``), which on a
+The verdict rests on two numbers from the evaluated set, both computed from the whole
+predictive and both judged by simulation (the 15 maps of a simulation are correlated): the
+coverage error (max |empirical − nominal| over the levels) against what a calibrated predictor
+on the same simulations reaches (:func:`~cosmoinfer.calibration.by_simulation.coverage_tolerance`
+at ``ALPHA_COVERAGE``), and the set's own width scale ``s = sqrt(mean z_u²)`` (``s > 1``: too
+narrow, ``s < 1``: too wide) against its bootstrap standard error times a Student-t critical
+value at ``ALPHA_SCALE``. The two rates add up to the verdict's family-wise false-alarm rate
+(5%). The fix it reports is the scale fitted on the validation set (``fit_scale``), which on a
 foreign suite can differ from what that suite needs.
 """
 
@@ -35,7 +38,7 @@ def _pct(x: float) -> str:
 def verdict(param: str, scale: float, err_before: float, err_after: float, tolerance: float, *,
             err_isotonic: float | None = None, mean_z: float = 0.0, n: int = 0,
             n_fit: int | None = None, scale_se: float | None = None, fit_scale: float | None = None,
-            fit_on: str | None = None) -> Verdict:
+            fit_on: str | None = None, scale_crit: float = 2.0, n_sims: int | None = None) -> Verdict:
     """Verdict for one parameter.
 
     Args:
@@ -51,6 +54,8 @@ def verdict(param: str, scale: float, err_before: float, err_after: float, toler
             residuals, ``sqrt(1/(2 n_fit))``). ``s`` differs significantly from 1 beyond 2 SE.
         fit_scale: the recalibration scale actually applied (fitted on ``fit_on``, e.g. ``val``);
             default ``scale``.
+        scale_crit: ``s`` is significantly different from 1 beyond ``scale_crit`` standard errors.
+        n_sims: number of simulations behind the evaluation set (tolerances count these).
 
     Well calibrated needs both: coverage error within tolerance and ``s`` compatible with 1.
     """
@@ -59,13 +64,15 @@ def verdict(param: str, scale: float, err_before: float, err_after: float, toler
     fitted = f"scaling by {fit_scale:.2f}" + (f" (fitted on {fit_on})" if fit_on else "")
     if scale_se is None:
         scale_se = np.sqrt(1.0 / (2 * max(n_fit, 1)))
-    scale_ok = abs(scale - 1) <= 2.0 * scale_se
+    scale_ok = abs(scale - 1) <= scale_crit * scale_se
     cov_ok = err_before <= tolerance
     bias = ""
-    if n > 0 and abs(mean_z) > max(0.1, 3.0 / np.sqrt(n)):
+    n_ind = n_sims if n_sims else n
+    if n_ind > 0 and abs(mean_z) > max(0.1, 3.0 / np.sqrt(n_ind)):
         direction = "low" if mean_z > 0 else "high"  # truth above the mean: predictions too low
         bias = f"; means biased {direction} by {abs(mean_z):.2f}σ"
-    tol_txt = f"tolerance {_pct(tolerance)} for n={n}" if n else f"tolerance {_pct(tolerance)}"
+    size = f"{n} maps of {n_sims} simulations" if n_sims else f"n={n}"
+    tol_txt = f"tolerance {_pct(tolerance)} for {size}" if n else f"tolerance {_pct(tolerance)}"
     if cov_ok and scale_ok:
         return Verdict(param, "well calibrated",
                        f"{param} well calibrated: coverage within {_pct(err_before)} of nominal "
