@@ -29,8 +29,6 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 from cosmoinfer.calibration import by_simulation as bysim
 from cosmoinfer.calibration import figures as figs
 from cosmoinfer.calibration.metrics import (
-    ALPHA_COVERAGE,
-    ALPHA_SCALE,
     DEFAULT_LEVELS,
     REPORTED_LEVELS,
     _level_key,
@@ -38,12 +36,11 @@ from cosmoinfer.calibration.metrics import (
     compute_metrics,
     coverage_error,
     coverage_from_pit,
-    width_scale,
 )
 from cosmoinfer.calibration.recalibration import IsotonicCalibrator, pava
 from cosmoinfer.calibration.scores import pit as predictive_pit
 from cosmoinfer.calibration.scores import width_scale_terms
-from cosmoinfer.calibration.verdict import verdict
+from cosmoinfer.calibration.verdict import assess, verdict
 from cosmoinfer.errors import InputError, atomic_path
 from cosmoinfer.posterior.predictions import Predictions, read_predictions
 
@@ -156,18 +153,16 @@ def _recalibrate(pred: Predictions, val: Predictions | None, levels, rng, opts: 
     pit_ev = predictive_pit(ev.predictive, ev.truth)
     before = coverage_from_pit(pit_ev, lv)
     before_rep = coverage_from_pit(pit_ev, REPORTED_LEVELS)
-    err_before = coverage_error(before, lv)
     after_m, after_a = compute_metrics(ev.scaled(s), lv, rng, return_arrays=True, **opts)
     iso_cov = iso.recalibrated_coverage_from_pit(pit_ev, lv)
     iso_rep = iso.recalibrated_coverage_from_pit(pit_ev, REPORTED_LEVELS)
     err_iso = coverage_error(iso_cov, lv)
-    tol = bysim.coverage_tolerance(pit_ev, ev.sim_id, lv, rng, ALPHA_COVERAGE)
-    # the scale the evaluated set itself asks for (the verdict's status; on a foreign suite it can
-    # be far from the one fitted on val, which is what recalibration applies), with its SE by simulation
-    s_ev, s_ev_se = width_scale(ev.predictive, ev.truth, ev.sim_id, rng)
-    mean_z = np.mean((ev.truth - ev.mean) / ev.std, axis=0)
-    g_ev = bysim.n_sims(ev.sim_id)
-    crit = bysim.critical_t(ev.sim_id, ALPHA_SCALE)
+    # what the verdict rests on: the evaluated set's coverage error against its tolerance, and the
+    # scale it asks for itself (on a foreign suite it can be far from the one fitted on val, which
+    # is what recalibration applies) against its standard error, both by simulation
+    a = assess(ev.predictive, ev.truth, ev.sim_id, rng, lv)
+    err_before, tol, s_ev, s_ev_se, mean_z, g_ev, crit = (a.coverage_error, a.tolerance, a.scale, a.scale_se,
+                                                          a.mean_z, a.n_sims, a.scale_crit)
     block = {
         "method": "width scaling",
         "fit_on": fit_on,

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from cosmoinfer.calibration import by_simulation as bysim
+
 
 @dataclass
 class Verdict:
@@ -98,3 +100,53 @@ def verdict(param: str, scale: float, err_before: float, err_after: float, toler
         if err_isotonic is not None:
             tail += f"; isotonic recalibration reaches {_pct(err_isotonic)}"
     return Verdict(param, status, head + tail + bias)
+
+
+@dataclass
+class Assessment:
+    """What a verdict rests on, per parameter ``(P,)`` arrays, from one evaluation set."""
+
+    coverage_error: np.ndarray
+    tolerance: np.ndarray
+    scale: np.ndarray
+    scale_se: np.ndarray
+    scale_crit: float
+    mean_z: np.ndarray
+    n: int
+    n_sims: int
+
+    @property
+    def flagged(self) -> np.ndarray:
+        """``(P,)`` True where the verdict is anything but "well calibrated"."""
+        cov_bad = self.coverage_error > self.tolerance
+        scale_bad = np.abs(self.scale - 1) > self.scale_crit * self.scale_se
+        return cov_bad | scale_bad
+
+
+def assess(predictive, truth, sim_id, rng: np.random.Generator, levels, n_boot: int = 1000) -> Assessment:
+    """The numbers behind the verdicts of one evaluation set, all from the whole predictive.
+
+    Coverage error of the equal-tailed intervals (marginal CDFs at the truth) against the
+    bootstrap-over-simulations tolerance at ``ALPHA_COVERAGE``; width scale ``sqrt(mean z_u²)``
+    against ``t_(G-1)`` critical value at ``ALPHA_SCALE`` times its bootstrap standard error.
+    A calibrated predictive is flagged with probability at most ``ALPHA_VERDICT`` per parameter.
+    """
+    from cosmoinfer.calibration.metrics import (
+        ALPHA_COVERAGE,
+        ALPHA_SCALE,
+        coverage_error,
+        coverage_from_pit,
+        width_scale,
+    )
+    from cosmoinfer.calibration.scores import pit
+
+    lv = np.asarray(levels, dtype=np.float64)
+    truth = np.asarray(truth, dtype=np.float64)
+    pit_v = pit(predictive, truth)
+    err = coverage_error(coverage_from_pit(pit_v, lv), lv)
+    tol = bysim.coverage_tolerance(pit_v, sim_id, lv, rng, ALPHA_COVERAGE, n_boot)
+    s, se = width_scale(predictive, truth, sim_id, rng, n_boot)
+    mean, cov = predictive.moments()
+    mean_z = np.mean((truth - mean) / np.sqrt(np.diagonal(cov, axis1=1, axis2=2)), axis=0)
+    return Assessment(err, tol, s, se, bysim.critical_t(sim_id, ALPHA_SCALE), mean_z, int(truth.shape[0]),
+                      bysim.n_sims(sim_id))
