@@ -12,6 +12,7 @@ from omegaconf import DictConfig, ListConfig
 
 from cosmoinfer.data.datamodule import CMDDataModule
 from cosmoinfer.errors import InputError
+from cosmoinfer.posterior.predictions import write_predictions
 from cosmoinfer.uncertainty.predictor import Posterior, Predictor
 
 log = logging.getLogger("cosmoinfer.evaluate")
@@ -58,40 +59,163 @@ def resolve_checkpoints(spec) -> list[Path]:
     return paths
 
 
-def build_eval_datamodule(cfg: DictConfig, meta: dict) -> CMDDataModule:
+#: ``data.*`` keys of the train config that define the model or its split: they must agree with the
+#: checkpoint (a mismatch is an :class:`InputError` naming the key and both values).
+MODEL_KEYS = ("fields", "params", "label", "log_fields", "log_offset", "split_seed", "split_fractions")
+#: ``data.*`` keys that choose the data to evaluate on (a value equal to the checkpoint's is its own data).
+DATA_KEYS = ("root", "roots", "suite", "suites", "set", "h5_path", "manifest")
+#: ``data.*`` keys that only shape the loading: ``eval_batch_size`` (default ``batch_size``, then 64),
+#: ``num_workers``, ``pin_memory`` and ``validate`` are used; ``batch_size`` only as that default;
+#: ``augment`` is ignored (evaluation never augments at random; ``tta=true`` averages the 8 views);
+#: ``split_file`` must hold the checkpoint's split on its own data and is the split on other data.
+LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "pin_memory", "validate", "augment", "split_file")
+
+
+def _given(d, key: str):
+    v = d.get(key) if d is not None else None
+    if isinstance(v, (DictConfig, ListConfig)):
+        from omegaconf import OmegaConf
+
+        v = OmegaConf.to_container(v, resolve=True)
+    return v
+
+
+def _mismatch(path, key: str, ckpt, given) -> InputError:
+    return InputError(path, f"data.{key}={given} does not match the checkpoint's data.{key}={ckpt} "
+                            f"(drop the override, or evaluate a checkpoint trained with it)")
+
+
+def check_data_config(d, meta: dict, path) -> None:
+    """``data.*`` keys that define the model or the split must agree with the checkpoint's ``meta``.
+
+    ``d`` is ``cfg.data``; ``meta`` a checkpoint's ``meta["data"]``; ``path`` the checkpoint (named in
+    the error). Unset (null) keys are not checked; ``log_fields=auto`` is checked once the data is
+    open (:func:`_check_auto_log_fields`).
+    """
+    fields = list(meta["fields"])
+    norm = meta["normalizer"]
+    split = meta.get("split") or {}
+    for key, ckpt in (("fields", fields), ("params", list(meta["param_names"]))):
+        v = _given(d, key)
+        if v is not None:
+            v = [v] if isinstance(v, str) else [str(x) for x in v]
+            if v != ckpt:
+                raise _mismatch(path, key, ckpt, v)
+    v = _given(d, "label")
+    if v is not None and str(v) != meta["param_names"][0]:
+        raise _mismatch(path, "label", meta["param_names"][0], v)
+    v = _given(d, "split_seed")
+    if v is not None and split.get("seed") is not None and int(v) != int(split["seed"]):
+        raise _mismatch(path, "split_seed", split["seed"], v)
+    v = _given(d, "split_fractions")
+    if v is not None and split.get("fractions") is not None:
+        ok = len(v) == len(split["fractions"]) and np.allclose(np.asarray(v, float), split["fractions"])
+        if not ok:
+            raise _mismatch(path, "split_fractions", split["fractions"], v)
+    logs = [bool(x) for x in norm["log"]]
+    v = _given(d, "log_fields")
+    if v is not None and v != "auto":
+        v = [v] if isinstance(v, str) else [str(x) for x in v]
+        if [f in v for f in fields] != logs or any(f not in fields for f in v):
+            raise _mismatch(path, "log_fields", [f for f, lg in zip(fields, logs) if lg], v)
+    v = _given(d, "log_offset")
+    if v is not None:
+        ckpt = {f: float(o) for f, o in zip(fields, norm["offset"])}
+        if not isinstance(v, dict) or any(f not in ckpt for f in v) or not all(
+                np.isclose(float(v.get(f, 0.0)), o, rtol=1e-6, atol=0) for f, o in ckpt.items()):
+            raise _mismatch(path, "log_offset", {f: o for f, o in ckpt.items() if o}, v)
+
+
+def _check_auto_log_fields(d, meta: dict, dm, path) -> None:
+    """``data.log_fields=auto``: log10 every positive field of the data, as the checkpoint did."""
+    if _given(d, "log_fields") != "auto":
+        return
+    positive = getattr(dm.source, "positive", None)
+    logs = [bool(x) for x in meta["normalizer"]["log"]]
+    if positive is not None and [bool(p) for p in positive] != logs:
+        fields = list(meta["fields"])
+        raise InputError(path, f"data.log_fields=auto (log10 of {[f for f, p in zip(fields, positive) if p]}) does "
+                               f"not match the checkpoint's data.log_fields={[f for f, lg in zip(fields, logs) if lg]}")
+
+
+def _same_path(given, stored) -> bool:
+    if given is None:
+        return True
+    if stored is None:
+        return False
+    return Path(str(given)).expanduser().resolve() == Path(str(stored)).expanduser().resolve()
+
+
+def _other(d, meta: dict, key: str) -> bool:
+    """Whether ``data.<key>`` is given and names other data than the checkpoint's."""
+    v = _given(d, key)
+    if v is None:
+        return False
+    if key in ("root", "h5_path", "manifest"):
+        return not _same_path(v, meta.get(key))
+    if key == "roots":
+        stored = meta.get("roots")
+        return stored is None or len(v) != len(stored) or not all(_same_path(a, b) for a, b in zip(v, stored))
+    if key == "suites":
+        return [str(x) for x in v] != list(meta.get("suites") or [])
+    return str(v) != str(meta.get(key))
+
+
+def _split_ids(split: dict) -> dict:
+    return {k: sorted(int(i) for i in split.get(k, [])) for k in ("train", "val", "test")}
+
+
+def build_eval_datamodule(cfg: DictConfig, meta: dict, path=None) -> CMDDataModule:
     """The training data and split by default; other CMD-layout data where ``cfg.data`` says so.
 
     ``meta`` is a checkpoint's ``meta["data"]``: fields, parameters, normalisation statistics and
-    split of the training run. On other data (``data.root``/``suite``/``set``/``h5_path``/
-    ``suites`` given) the split is recomputed with the training run's seed and fractions, so use
+    split of the training run; ``path`` the checkpoint, named in errors. ``cfg.data`` takes every
+    key of the train data config (:data:`MODEL_KEYS` must agree with the checkpoint, see
+    :func:`check_data_config`). On other data (``data.root``/``suite``/``set``/``h5_path``/
+    ``manifest``/``suites`` given with values other than the checkpoint's) the split is recomputed
+    with the training run's seed and fractions (or read from ``data.split_file``), so use
     ``split=all`` to evaluate every map.
     """
     d = cfg.get("data") or {}
-    common = dict(set=d.get("set") or meta["set"], fields=meta["fields"], split_seed=meta["split"].get("seed", 0),
-                  eval_batch_size=int(d.get("eval_batch_size") or 64), num_workers=int(d.get("num_workers", 0)),
-                  normalizer=meta["normalizer"], augment=False, validate="all")
+    where = path or "checkpoint"
+    check_data_config(d, meta, where)
+    batch = _given(d, "eval_batch_size") or _given(d, "batch_size") or 64
+    common = dict(set=_given(d, "set") or meta["set"], fields=meta["fields"],
+                  split_seed=meta["split"].get("seed", 0), eval_batch_size=int(batch),
+                  num_workers=int(_given(d, "num_workers") or 0), pin_memory=bool(_given(d, "pin_memory") or False),
+                  normalizer=meta["normalizer"], augment=False, validate=str(_given(d, "validate") or "all"))
     if meta.get("split", {}).get("fractions"):
         common["split_fractions"] = meta["split"]["fractions"]
+    split_file = _given(d, "split_file")
     if meta.get("datamodule") == "suite_classification":
         from cosmoinfer.data.classification import SuiteClassificationDataModule
 
-        suites = list(d.get("suites") or meta["suites"])
-        same = not (d.get("root") or d.get("suites") or d.get("set"))
-        roots = None if d.get("root") else meta.get("roots")
-        dm = SuiteClassificationDataModule(suites=suites, root=d.get("root") or meta.get("root"), roots=roots,
+        same = not any(_other(d, meta, k) for k in ("root", "roots", "suites", "set"))
+        suites = list(_given(d, "suites") or meta["suites"])
+        root = _given(d, "root")
+        roots = _given(d, "roots") or (None if root else meta.get("roots"))
+        dm = SuiteClassificationDataModule(suites=suites, root=root or meta.get("root"), roots=roots,
                                            label=meta["param_names"][0], split=meta["split"] if same else None,
-                                           **common)
+                                           split_file=None if same else split_file, **common)
     else:
-        if d.get("suites"):
-            raise InputError("data.suites", "only applies to checkpoints of a suite classifier; use data.suite")
-        same = not (d.get("root") or d.get("h5_path") or d.get("suite") or d.get("set"))
-        root = d.get("root") or (meta.get("root") if not d.get("h5_path") else None)
-        h5 = d.get("h5_path") or (meta.get("h5_path") if same else None)
+        if _given(d, "suites") or _given(d, "roots"):
+            raise InputError("data.suites", "only applies to checkpoints of a suite classifier; use data.suite "
+                                            "and data.root")
+        same = not any(_other(d, meta, k) for k in ("root", "h5_path", "suite", "set", "manifest"))
+        root = _given(d, "root") or (meta.get("root") if not _given(d, "h5_path") else None)
+        h5 = _given(d, "h5_path") or (meta.get("h5_path") if same else None)
         dm = CMDDataModule(
-            root=root, suite=d.get("suite") or meta["suite"], params=meta["param_names"],
-            manifest=d.get("manifest") or (meta.get("manifest") if same else None), h5_path=h5,
-            split=meta["split"] if same else None, **common)
+            root=root, suite=_given(d, "suite") or meta["suite"], params=meta["param_names"],
+            manifest=_given(d, "manifest") or (meta.get("manifest") if same else None), h5_path=h5,
+            split=meta["split"] if same else None, split_file=None if same else split_file, **common)
+    if same and split_file:
+        from cosmoinfer.data.splits import load_split
+
+        if _split_ids(load_split(split_file)) != _split_ids(meta["split"]):
+            raise InputError(split_file, f"data.split_file holds another train/val/test split than the checkpoint "
+                                         f"{where} was trained on (drop data.split_file to use the checkpoint's)")
     dm.setup("test")
+    _check_auto_log_fields(d, meta, dm, where)
     return dm
 
 
@@ -111,7 +235,7 @@ def evaluate(cfg: DictConfig) -> Path:
     predictor = Predictor(paths, mc_samples=n_samples, tta=bool(cfg.get("tta", False)), seed=int(cfg.seed),
                           device=str(cfg.get("device", "cpu")))
     meta = predictor.models[0].meta["data"]
-    dm = build_eval_datamodule(cfg, meta)
+    dm = build_eval_datamodule(cfg, meta, paths[0])
     split = str(cfg.split)
     loader = dm.split_dataloader(split)
     if len(loader.dataset) == 0:
@@ -159,11 +283,9 @@ def exact_posterior_datasets(cfg: DictConfig, dm: CMDDataModule, split: str, pos
 
 def write_posterior(path: Path, post: Posterior, predictor: Predictor, method: str, split: str,
                     n_members: int, n_samples: int, extra: dict | None = None, **attrs) -> Path:
-    from cosmoinfer.calibration.predictions import write_predictions
-
     return write_predictions(
         path, truth=post.truth, mean=post.mean, std=post.std, std_aleatoric=post.std_aleatoric,
         std_epistemic=post.std_epistemic, sim_id=post.sim_id, param_names=post.param_names, method=method,
         split=split, member_mean=post.member_mean, member_std=post.member_std, cov=post.cov,
         n_members=n_members, n_samples=n_samples or None, priors=predictor.priors, extra_datasets=extra or None,
-        extra_attrs=attrs, task=post.task)
+        extra_attrs=attrs, task=post.task, predictive=post.predictive)

@@ -1,34 +1,57 @@
 """Turn trained networks into predictive distributions: single, deep ensemble, MC dropout, both.
 
-Every network ("member") predicts, for each map, a Gaussian (or mixture) over the parameters in
-unit-cube coordinates. Each component is mapped to physical units exactly
-(:func:`cosmoinfer.data.priors.gaussian_to_physical`) and the components of all members and
-dropout passes form one Gaussian mixture:
+Every network ("member") predicts, for each map, a Gaussian or a Gaussian mixture over the
+parameters in the network's unit coordinates (each parameter scaled to [0, 1] by its prior, in log
+space for a log-uniform one). The evaluator keeps the *whole* predictive: every component of every
+network draw (member x dropout pass) in one :class:`~cosmoinfer.posterior.MixturePredictive`,
 
-    mu* = mean_k mu_k,   var* = mean_k (var_k + mu_k²) − mu*²,
-    aleatoric = mean_k var_k,   epistemic = var_k(mu_k)
+    q(u | x) = (1/M) sum_m (1/T) sum_t sum_k w_mtk N(u; mu_mtk, L_mtk L_mtk^T)
+
+pushed to physical units by the prior bijections (affine for uniform priors, exp for log-uniform
+ones, so those marginals are lognormal). Components per draw: one for the Gaussian heads
+(``gaussian_nll``, ``mse``, ``moment``: ``L = diag(std)``; ``gaussian_fullcov``: its Cholesky
+factor), ``K`` for an MDN.
+
+Summaries (physical units, exact): ``mean``/``std``/``cov`` are the predictive's moments (the
+lognormal ones where a prior is log-uniform); grouping the components by network draw ``d``,
+
+    aleatoric² = mean_d Var_d,   epistemic² = Var_d(mean_d)   (population variance)
+
+so ``std² = aleatoric² + epistemic²`` (law of total variance), and one network without dropout
+(an MDN included) has zero epistemic spread. ``member_mean``/``member_std`` are the draws' own
+moments.
+
+Test-time augmentation (``tta``, CMD's 8 dihedral copies of each map): a single-Gaussian head's
+mean and covariance are averaged over the 8 views (its factor is the Cholesky factor of the
+averaged covariance); an MDN's 8 views are mixed (each view's components with weight ``w / 8``).
 
 MC dropout keeps only the dropout layers stochastic: BatchNorm stays in eval mode and its
 running statistics never change. When dropout lives only in the head, the backbone runs once
-per batch and the head ``T`` times. A network without active dropout (``model.dropout=0``) gives
-``T`` identical passes, i.e. zero epistemic spread, with a warning. Every checkpoint is loaded
-exactly once, and members must agree on fields, parameters, priors, split and normalisation.
+per batch (and view) and the head ``T`` times. A pass is one network draw: with TTA its 8 views
+share one set of dropout masks (torch's RNG is reseeded from ``(seed, member, batch, pass)``
+before each view's forward), otherwise averaging the views would average 8 independent masks
+and shrink the epistemic spread by about sqrt(8). A network without active dropout
+(``model.dropout=0``) gives ``T`` identical passes, i.e. zero epistemic spread, with a warning.
+Every checkpoint is loaded exactly once, and members must agree on fields, parameters, priors,
+split and normalisation.
 
 Classification (``bernoulli`` head): each component is the probability ``p_k`` of class 1 (from
 the logit, in float64), with variance ``p_k (1 - p_k)``; the mixture of Bernoullis is the
 Bernoulli with ``p = mean_k p_k``, whose variance ``p (1 - p)`` splits the same way into
-aleatoric and epistemic parts.
+aleatoric and epistemic parts. There is no Gaussian predictive (``predictive`` is ``None``).
 
 Notebook use::
 
     model = load_posterior_model("multirun/train/2024-01-01_12-00-00")   # or a list of checkpoints
     post = model.predict_maps(maps)        # (N, C, H, W) or (N, H, W) maps in physical units
-    post.mean, post.std, post.std_aleatoric, post.std_epistemic, post.cov, post.sample(1000)
+    post.mean, post.std, post.std_aleatoric, post.std_epistemic, post.cov
+    post.predictive.log_prob(theta), post.sample(1000, truncate=True)
 """
 
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
@@ -36,10 +59,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from cosmoinfer.posterior.member_moments import mixture_cov, mixture_moments
-from cosmoinfer.data.priors import Prior, gaussian_to_physical
+from cosmoinfer.data.priors import Prior, from_unit
 from cosmoinfer.data.transforms import dihedral
 from cosmoinfer.errors import InputError
+from cosmoinfer.posterior.bijection import Bijection
+from cosmoinfer.posterior.member_moments import mixture_moments
+from cosmoinfer.posterior.mixture import MixturePredictive
 from cosmoinfer.training.checkpoint import LoadedModel, load_checkpoint
 
 log = logging.getLogger("cosmoinfer.predictor")
@@ -52,10 +77,13 @@ PROB_EPS = 1e-12
 class Posterior:
     """Predictive distribution for ``N`` maps and ``P`` parameters, in physical units.
 
-    ``member_mean`` / ``member_std`` are ``(K, N, P)``: the mixture components, one per network
-    and dropout pass (``K = M`` for an ensemble, ``T`` for MC dropout, ``M*T`` for both), so the
-    mixture is exactly ``mean_k N(member_mean_k, member_std_k²)``. ``cov`` ``(N, P, P)`` where the
-    head predicts one.
+    ``predictive``: the whole predictive (:class:`MixturePredictive`, unit-space components and
+    the prior bijection); ``None`` for classification. ``mean``, ``std`` ``(N, P)`` and ``cov``
+    ``(N, P, P)`` are its exact physical moments (``cov`` only where every head predicts a
+    covariance: ``gaussian_fullcov``, ``mdn``). ``member_mean`` / ``member_std`` ``(D, N, P)`` are
+    the moments of each network draw (``D = M`` members, ``T`` dropout passes, or ``M*T``);
+    ``std_aleatoric`` = sqrt(mean of the draws' variances), ``std_epistemic`` = sqrt(variance of
+    the draws' means), so ``std² = std_aleatoric² + std_epistemic²``.
     """
 
     mean: np.ndarray
@@ -69,14 +97,17 @@ class Posterior:
     sim_id: np.ndarray | None = None
     param_names: list[str] = field(default_factory=list)
     task: str = "regression"
+    predictive: MixturePredictive | None = None
 
-    def sample(self, n: int, rng: np.random.Generator | None = None) -> np.ndarray:
-        """``(n, N, P)`` draws from the Gaussian (full covariance where available) predictive."""
+    def sample(self, n: int, rng: np.random.Generator | None = None, truncate: bool = False) -> np.ndarray:
+        """``(n, N, P)`` physical draws from the predictive.
+
+        ``truncate``: draws restricted to the prior box (see :meth:`MixturePredictive.sample`).
+        Without a predictive (classification), draws of the Gaussian with ``mean``/``std``.
+        """
         rng = rng or np.random.default_rng(0)
-        if self.cov is not None:
-            chol = np.linalg.cholesky(self.cov + 1e-12 * np.eye(self.cov.shape[-1]))
-            z = rng.standard_normal((n,) + self.mean.shape)
-            return self.mean + np.einsum("nij,snj->sni", chol, z)
+        if self.predictive is not None:
+            return self.predictive.sample(int(n), rng, truncate=truncate)
         return self.mean + self.std * rng.standard_normal((n,) + self.mean.shape)
 
 
@@ -125,14 +156,54 @@ def _set_mc_dropout(network: nn.Module, on: bool) -> None:
                 mod.train()
 
 
+def _pass_seed(seed: int, member: int, batch: int, t: int) -> int:
+    """The torch seed of dropout pass ``t`` of ``member`` on batch number ``batch``."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, member, batch, t]).generate_state(1)[0])
+
+
+def _head_components(lik, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """One view's unit-space components in float64: ``log_w (B,K)``, ``loc (B,K,P)``, ``tril (B,K,P,P)``."""
+    raw = raw.double()
+    if hasattr(lik, "components"):  # mixture density network
+        log_w, loc, tril = lik.components(raw)
+        return log_w, loc, tril
+    out = lik.predict(raw)
+    mean = out["mean"]
+    if "scale_tril" in out:
+        tril = out["scale_tril"]
+    elif "cov" in out:
+        tril = torch.linalg.cholesky(out["cov"])
+    else:
+        tril = torch.diag_embed(out["std"])
+    return mean.new_zeros(mean.shape[0], 1), mean[:, None], tril[:, None]
+
+
+def _combine_views(lik, comps: list) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Test-time augmentation: a mixture head mixes the views, a Gaussian head averages them.
+
+    Mixture: every view's components with weight ``w / V``. Gaussian: mean and covariance averaged
+    over the ``V`` views, factor = Cholesky factor of the averaged covariance.
+    """
+    if len(comps) == 1:
+        return comps[0]
+    v = len(comps)
+    if hasattr(lik, "components"):
+        return (torch.cat([c[0] for c in comps], dim=1) - math.log(v), torch.cat([c[1] for c in comps], dim=1),
+                torch.cat([c[2] for c in comps], dim=1))
+    loc = torch.stack([c[1] for c in comps]).mean(0)
+    cov = torch.stack([c[2] @ c[2].transpose(-1, -2) for c in comps]).mean(0)
+    return comps[0][0], loc, torch.linalg.cholesky(0.5 * (cov + cov.transpose(-1, -2)))
+
+
 class Predictor:
     """Predictive distributions from one or more checkpoints.
 
     Args:
         models: checkpoint paths or :class:`LoadedModel` objects (each loaded once, kept in memory).
         mc_samples: dropout passes ``T`` per member (0: deterministic).
-        tta: average each member's prediction over the 8 dihedral copies of a map (CMD's test-time
-            augmentation): means and variances are averaged, not mixed.
+        tta: use the 8 dihedral copies of each map (CMD's test-time augmentation): a Gaussian head's
+            means and covariances are averaged over them, an MDN's components mixed; in MC dropout
+            the 8 copies of one pass share its dropout masks.
         seed: seeds the dropout masks (every call of :meth:`predict_batches` starts from it; the
             caller's random state is restored afterwards).
         device: where the networks run (``cpu``, ``cuda``, ``cuda:1``).
@@ -160,62 +231,75 @@ class Predictor:
                                 "(model.dropout=0?): its %d passes are identical, so its epistemic spread "
                                 "is zero", m.path, self.mc_samples)
 
-    # ------------------------------------------------------------------ per-batch unit-space outputs
+    @property
+    def n_passes(self) -> int:
+        return max(self.mc_samples, 1)
+
+    # ------------------------------------------------------------------ raw network outputs
+    def _reseed(self, seed: int) -> None:
+        torch.default_generator.manual_seed(seed)
+        if self.device.type == "cuda":
+            with torch.cuda.device(self.device):
+                torch.cuda.manual_seed(seed)
+
     @torch.no_grad()
-    def _member_batch(self, model: LoadedModel, x: torch.Tensor) -> dict:
-        """Unit-space component moments for one batch: ``mean``/``var`` ``(K, B, P)``, ``cov`` ``(K,B,P,P)``."""
-        net, lik = model.network, model.likelihood
+    def _raw_passes(self, member: int, x: torch.Tensor, batch: int) -> list[list[torch.Tensor]]:
+        """Raw outputs ``[pass][view] -> (B, n_outputs)`` of one member on one batch.
+
+        With MC dropout, torch's RNG is reseeded from ``(seed, member, batch, pass)`` before every
+        view's forward of a pass, so the views of one pass share its dropout masks.
+        """
+        net = self.models[member].network
         views = [dihedral(x, k) for k in range(8)] if self.tta else [x]
-        predict = self._predict_fn(lik)
-        outs = []
         try:
-            for v in views:
-                if not self.mc_samples:
-                    _set_mc_dropout(net, False)
-                    outs.append([predict(net(v))])
-                elif not _has_active_dropout(net):  # deterministic: T identical components
-                    _set_mc_dropout(net, False)
-                    outs.append([predict(net(v))] * self.mc_samples)
-                elif net.dropout_in_head_only:
-                    _set_mc_dropout(net, True)
-                    feats = net.features(v)  # no dropout in the backbone: computed once
-                    outs.append([predict(net.head(feats)) for _ in range(self.mc_samples)])
-                else:
-                    _set_mc_dropout(net, True)
-                    outs.append([predict(net(v)) for _ in range(self.mc_samples)])
+            if not self.mc_samples or not _has_active_dropout(net):  # deterministic: identical passes
+                _set_mc_dropout(net, False)
+                outs = [net(v) for v in views]
+                return [outs] * self.n_passes
+            _set_mc_dropout(net, True)
+            if net.dropout_in_head_only:
+                feats = [net.features(v) for v in views]  # no dropout in the backbone: computed once
+
+                def run(k):
+                    return net.head(feats[k])
+            else:
+                def run(k):
+                    return net(views[k])
+            passes = []
+            for t in range(self.mc_samples):
+                seed = _pass_seed(self.seed, member, batch, t)
+                outs = []
+                for k in range(len(views)):
+                    self._reseed(seed)
+                    outs.append(run(k))
+                passes.append(outs)
+            return passes
         finally:
             _set_mc_dropout(net, False)
-        res = {}
-        for key in ("mean", "var", "cov"):
-            if key in outs[0][0]:
-                # (views, K, B, ...) -> average over views (TTA), keep the K components
-                arr = torch.stack([torch.stack([o[key] for o in comp]) for comp in outs]).mean(0)
-                res[key] = arr.double().cpu().numpy()
+
+    @torch.no_grad()
+    def _member_batch(self, member: int, x: torch.Tensor, batch: int) -> list[tuple]:
+        """One member on one batch, per pass: ``(weights (B,K), loc (B,K,P), tril (B,K,P,P))`` in unit
+        coordinates (regression) or ``(p (B,1), var (B,1))`` (classification), float64 numpy."""
+        lik = self.models[member].likelihood
+        res, done = [], {}
+        for views in self._raw_passes(member, x, batch):
+            if id(views) not in done:  # identical deterministic passes are converted once
+                if self.task == "classification":
+                    p = [self._probability(lik, r) for r in views]
+                    done[id(views)] = (torch.stack(p).mean(0).cpu().numpy(),
+                                       torch.stack([q * (1 - q) for q in p]).mean(0).cpu().numpy())
+                else:
+                    log_w, loc, tril = _combine_views(lik, [_head_components(lik, r) for r in views])
+                    done[id(views)] = (log_w.exp().cpu().numpy(), loc.cpu().numpy(), tril.cpu().numpy())
+            res.append(done[id(views)])
         return res
 
-    def _predict_fn(self, lik):
-        if self.task != "classification":
-            return lik.predict
-
-        def predict(raw: torch.Tensor) -> dict:
-            # probability from the logit in float64, kept off exactly 0 and 1 (float32 sigmoid
-            # saturates at |logit| > 17 and a zero Bernoulli width is not a valid member_std)
-            p = torch.sigmoid(lik.predict(raw)["logit"].double()).clamp(PROB_EPS, 1 - PROB_EPS)
-            return {"mean": p, "var": p * (1 - p)}
-
-        return predict
-
-    def _physical(self, mean_u: np.ndarray, var_u: np.ndarray, cov_u: np.ndarray | None):
-        if self.task == "classification":
-            return mean_u, var_u, None  # probabilities are already in their own units
-        mean, var = gaussian_to_physical(mean_u, var_u, self.priors)
-        cov = None
-        if cov_u is not None:
-            sd_u = np.sqrt(np.clip(np.diagonal(cov_u, axis1=-2, axis2=-1), 1e-30, None))
-            corr = cov_u / (sd_u[..., :, None] * sd_u[..., None, :])
-            sd = np.sqrt(var)
-            cov = corr * sd[..., :, None] * sd[..., None, :]
-        return mean, var, cov
+    @staticmethod
+    def _probability(lik, raw: torch.Tensor) -> torch.Tensor:
+        # probability from the logit in float64, kept off exactly 0 and 1 (float32 sigmoid
+        # saturates at |logit| > 17 and a zero Bernoulli width is not a valid member_std)
+        return torch.sigmoid(lik.predict(raw)["logit"].double()).clamp(PROB_EPS, 1 - PROB_EPS)
 
     # ------------------------------------------------------------------ public API
     def predict_batches(self, batches: Iterable, target_priors: Sequence[Prior] | None = None) -> Posterior:
@@ -226,52 +310,65 @@ class Predictor:
         checkpoint's). They differ from the checkpoint's when evaluating on another suite whose
         manifest states other priors; predictions are always in the checkpoint's physical units.
         """
-        comp_mean, comp_var, comp_cov = [[] for _ in self.models], [[] for _ in self.models], \
-            [[] for _ in self.models]
+        n_draws = len(self.models) * self.n_passes
+        parts: list[list] = [[] for _ in range(n_draws)]  # per draw (member-major), per batch
         truths, sims = [], []
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         with torch.random.fork_rng(devices=cuda):  # the caller's RNG state is left untouched
-            torch.manual_seed(self.seed)
-            for batch in batches:
+            for b, batch in enumerate(batches):
                 x, y, sim = batch if isinstance(batch, (tuple, list)) else (batch, None, None)
                 x = x.to(self.device)
-                for i, m in enumerate(self.models):
-                    r = self._member_batch(m, x)
-                    comp_mean[i].append(r["mean"])
-                    comp_var[i].append(r["var"])
-                    comp_cov[i].append(r.get("cov"))
+                for i in range(len(self.models)):
+                    for t, comp in enumerate(self._member_batch(i, x, b)):
+                        parts[i * self.n_passes + t].append(comp)
                 if y is not None:
                     truths.append(y.double().numpy())
                     sims.append(sim.numpy())
-        if not comp_mean[0]:
+        if not parts[0]:
             raise InputError("maps", "nothing to predict: no batch given")
-        means, vars_, covs = [], [], []
-        for i in range(len(self.models)):
-            mu_u = np.concatenate(comp_mean[i], axis=1)  # (K, N, P)
-            var_u = np.concatenate(comp_var[i], axis=1)
-            cov_u = np.concatenate(comp_cov[i], axis=1) if comp_cov[i][0] is not None else None
-            mu, var, cov = self._physical(mu_u, var_u, cov_u)
-            means.append(mu)
-            vars_.append(var)
-            covs.append(cov)
-        all_mean = np.concatenate(means)  # (M*K, N, P)
-        all_var = np.concatenate(vars_)
-        mean, var, alea, epi = mixture_moments(all_mean, all_var)
-        cov = None
-        if covs[0] is not None:
-            cov = mixture_cov(all_mean, np.concatenate(covs))[1]
+        draws = [tuple(np.concatenate(a, axis=0) for a in zip(*d)) for d in parts]
         truth = None
         if truths:
-            from cosmoinfer.data.priors import from_unit
-
             truth = np.concatenate(truths)
             if self.task != "classification":
                 truth = from_unit(truth, list(target_priors) if target_priors is not None else self.priors)
+        sim_id = np.concatenate(sims) if sims else None
+        if self.task == "classification":
+            member_mean = np.stack([d[0] for d in draws])
+            member_var = np.stack([d[1] for d in draws])
+            mean, var, alea, epi = mixture_moments(member_mean, member_var)
+            return Posterior(mean=mean, std=np.sqrt(var), std_aleatoric=np.sqrt(alea), std_epistemic=np.sqrt(epi),
+                             member_mean=member_mean, member_std=np.sqrt(member_var), truth=truth, sim_id=sim_id,
+                             param_names=self.param_names, task=self.task)
+        return self._mixture_posterior(draws, truth, sim_id)
+
+    def _mixture_posterior(self, draws: list[tuple], truth, sim_id) -> Posterior:
+        """The predictive of ``D`` equally weighted network draws, each ``(w (N,K_d), loc, tril)``."""
+        bij = Bijection.from_priors(self.priors)
+        d = len(draws)
+        member_mean, member_cov = [], []
+        for w, loc, tril in draws:  # each draw's own mixture, moments in physical units
+            m, c = MixturePredictive(w, loc, tril, bij, self.param_names).moments()
+            member_mean.append(m)
+            member_cov.append(c)
+        member_mean, member_cov = np.stack(member_mean), np.stack(member_cov)  # (D, N, P), (D, N, P, P)
+        member_var = np.diagonal(member_cov, axis1=-2, axis2=-1)
+        # law of total covariance over the draws (equal weights): the predictive's exact moments,
+        # computed draw by draw instead of on all (N, sum K_d, P, P) components at once
+        mean = member_mean.mean(0)
+        dev = member_mean - mean
+        cov = (member_cov + dev[..., :, None] * dev[..., None, :]).mean(0)
+        cov = 0.5 * (cov + np.swapaxes(cov, -1, -2))
+        alea, epi = member_var.mean(0), (dev**2).mean(0)
+        weights = np.concatenate([w / w.sum(axis=1, keepdims=True) / d for w, _, _ in draws], axis=1)
+        predictive = MixturePredictive(weights, np.concatenate([x[1] for x in draws], axis=1),
+                                       np.concatenate([x[2] for x in draws], axis=1), bij, list(self.param_names))
+        has_cov = all(m.likelihood.has_cov for m in self.models)
         return Posterior(
-            mean=mean, std=np.sqrt(var), std_aleatoric=np.sqrt(alea), std_epistemic=np.sqrt(epi),
-            member_mean=all_mean, member_std=np.sqrt(all_var),
-            cov=cov, truth=truth, sim_id=np.concatenate(sims) if sims else None,
-            param_names=self.param_names, task=self.task)
+            mean=mean, std=np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1)), std_aleatoric=np.sqrt(alea),
+            std_epistemic=np.sqrt(epi), member_mean=member_mean, member_std=np.sqrt(member_var),
+            cov=cov if has_cov else None, truth=truth, sim_id=sim_id, param_names=list(self.param_names),
+            task=self.task, predictive=predictive)
 
     def predict_maps(self, maps: np.ndarray, batch_size: int = 256) -> Posterior:
         """Posterior for maps in physical units, ``(N, C, H, W)`` (or ``(N, H, W)`` for one field).
