@@ -262,9 +262,11 @@ def test_compute_metrics_with_members_and_cov():
     cov[:, 0, 0], cov[:, 1, 1] = std[:, 0] ** 2, std[:, 1] ** 2
     m = mt.compute_metrics(_pred(truth, mean, std, member_mean=mm, member_std=ms, cov=cov),
                            n_posterior_samples=50, n_bootstrap=5)
+    # with members the stored predictive is their mixture: the marginal NLL and CRPS are the mixture's
     d = m["params"]["Omega_m"]
-    assert {"nll_mixture", "crps_mixture", "coverage_mixture", "coverage_error_mixture"} <= set(d)
-    assert m["joint"]["covariance"] == "full"
+    assert m["joint"]["predictive"] == "gaussian_mixture (3 components)"
+    assert d["nll"] == pytest.approx(float(mt.mixture_nll(truth, mm, ms)[0]), rel=1e-9)
+    assert d["crps"] == pytest.approx(float(mt.crps_mixture(truth, mm, ms)[0]), rel=1e-6)
 
 
 def test_classification_metrics_hand_example():

@@ -82,6 +82,11 @@ class Predictions:
     predictive: MixturePredictive | SamplePredictive | None = None
     format_version: int = FORMAT_VERSION
 
+    def __post_init__(self):
+        if self.predictive is None and self.task == "regression":
+            # built from the summaries (format 1): Gaussians in physical units
+            self.predictive = legacy_predictive(self)
+
     @property
     def n(self) -> int:
         return int(self.truth.shape[0])
