@@ -461,7 +461,7 @@ def build_report(
                     cells = [_fmt(d.get(k)) for k in ("rmse", "r2", "nll", "crps", "chi2", "coverage_error",
                                                       "mean_std")]
                     cells += [_fmt(d["coverage"].get("0.68")), _fmt(d["coverage"].get("0.95")),
-                              _fmt(b["recalibrated"]["scale"][nm]), _fmt(b["joint"].get("tarp_atc")),
+                              _fmt(b["recalibrated"]["scale"].get(nm)), _fmt(b["joint"].get("tarp_atc")),
                               _fmt(b["joint"].get("tarp_ks_pvalue"))]
                 comparison_rows.append({"label": b["label"], "param": nm, "cells": cells})
         if all_curves:
