@@ -15,6 +15,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.patches import Ellipse
 from scipy import stats
+from scipy.ndimage import gaussian_filter
 
 from cosmoinfer.calibration.metrics import binomial_band
 
@@ -274,7 +275,8 @@ def corner_draws(draws, truth, names: Sequence[str], exact: Mapping | None = Non
         for i in range(truth.shape[0]):
             col = _COLORS[i % len(_COLORS)]
             x, y = draws[:, i, c], draws[:, i, r]
-            h, xe, ye = np.histogram2d(x, y, bins=40)
+            h, xe, ye = np.histogram2d(x, y, bins=30)
+            h = gaussian_filter(h, 1.0)  # smooth the draws' histogram so the contours are not noise
             xc, yc = 0.5 * (xe[1:] + xe[:-1]), 0.5 * (ye[1:] + ye[:-1])
             lev = _hpd_levels(h)
             if len(lev) > 1:
