@@ -169,7 +169,8 @@ def test_end_to_end_cli_ensemble_mc_dropout_and_comparison_report(evaluated, tmp
     per_param = {"rmse", "r2", "mean_rel_err", "chi2", "nll", "crps", "coverage", "coverage_error", "mean_std"}
     for block in [doc, *doc["comparison"]]:
         assert {"method", "n", "params", "joint", "recalibrated"} <= set(block)
-        assert set(block["params"]) == {"Omega_m", "sigma_8"}
+        assert set(block["params"]) == {"Omega_m", "sigma_8", "S8"}  # S8 derived from the two
+        assert {"nll", "hpd_coverage_error"} <= set(block["joint"])
         for section in (block["params"], block["recalibrated"]["params"]):
             for d in section.values():
                 assert per_param <= set(d)
