@@ -6,8 +6,11 @@ datasets
     ``truth (N, P)``, ``mean (N, P)``, ``std (N, P)``, ``std_aleatoric (N, P)``,
     ``std_epistemic (N, P)``, ``sim_id (N,)``; optional ``member_mean (M, N, P)`` and
     ``member_std (M, N, P)`` (ensemble members or MC-dropout passes), ``cov (N, P, P)`` (full-
-    covariance heads; its diagonal equals ``std²``), and extras such as ``exact_mean`` /
-    ``exact_std (N, P)`` (exact GRF posterior) or ``mixture_weights (M,)`` / ``(M, N)``.
+    covariance heads; its diagonal equals ``std²``), and extras such as ``mixture_weights (M,)`` /
+    ``(M, N)`` or the exact GRF posterior (``cosmoinfer.uncertainty.evaluate.exact_posterior_datasets``):
+    ``exact_mean``, ``exact_std``, ``exact_pit (N, P)``, ``exact_cov (N, P, P)``, ``exact_log_prob``,
+    ``exact_hpd (N,)`` and the group ``exact_grid`` (``index (m,)``, ``omega_m (m, G)``, ``sigma_8
+    (m, G)``, ``log_density (m, G, G)``; read into ``Predictions.extra["exact_grid"]`` as a dict).
 group ``predictive`` (format version 2): the whole predictive distribution, faithfully
     ``kind = "gaussian_mixture"``: ``weights (N, K)``, ``loc (N, K, P)`` and ``scale_tril
     (N, K, P, P)`` in the network's unit coordinates, with the attribute ``bijection`` (JSON:
@@ -50,7 +53,10 @@ FORMAT_VERSION = 2
 REQUIRED = ("truth", "mean", "std", "std_aleatoric", "std_epistemic", "sim_id")
 OPTIONAL = ("member_mean", "member_std", "cov")
 #: Extra datasets with shape (N, P) that the report knows how to use.
-EXTRA_NP = ("exact_mean", "exact_std")
+EXTRA_NP = ("exact_mean", "exact_std", "exact_pit")
+#: Extra datasets of the exact posterior (grf maps) with shape (N,) and (N, P, P); ``exact_grid`` is a group.
+EXTRA_N = ("exact_log_prob", "exact_hpd")
+EXTRA_NPP = ("exact_cov",)
 
 
 @dataclass
@@ -108,7 +114,9 @@ class Predictions:
         idx = np.asarray(idx)
         extra = {}
         for k, v in self.extra.items():
-            if k == "mixture_weights":
+            if isinstance(v, dict):  # a group of per-item rows named by ``index`` (exact_grid)
+                extra[k] = _subset_group(v, idx, self.n)
+            elif k == "mixture_weights":
                 extra[k] = v[:, idx] if v.ndim == 2 else v
             elif v.ndim >= 1 and v.shape[0] == self.n:
                 extra[k] = v[idx]
@@ -229,7 +237,7 @@ def write_predictions(
     for k, v in (extra_datasets or {}).items():
         if k in arrays or k in OPTIONAL:
             raise ValueError(f"extra dataset {k!r} clashes with a standard dataset")
-        arrays[k] = np.asarray(v)
+        arrays[k] = {kk: np.asarray(vv) for kk, vv in v.items()} if isinstance(v, Mapping) else np.asarray(v)
     if predictive is not None and (predictive.n != n or predictive.p != p):
         raise ValueError(f"predictive: {predictive.n} items x {predictive.p} parameters, expected {(n, p)}")
 
@@ -237,7 +245,12 @@ def write_predictions(
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             for k, v in arrays.items():
-                f.create_dataset(k, data=v)
+                if isinstance(v, dict):  # a dict-valued extra (exact_grid) is a group of datasets
+                    g = f.create_group(k)
+                    for kk, vv in v.items():
+                        g.create_dataset(kk, data=vv, compression="gzip", compression_opts=1)
+                else:
+                    f.create_dataset(k, data=v)
             f.attrs["format_version"] = FORMAT_VERSION
             if predictive is not None:
                 _write_predictive(f.create_group("predictive"), predictive)
@@ -309,6 +322,8 @@ def read_predictions(path: str | os.PathLike) -> Predictions:
             data: dict[str, np.ndarray] = {}
             for k in f.keys():
                 obj = f[k]
+                if isinstance(obj, h5py.Group) and k != "predictive":  # e.g. exact_grid: a dict of arrays
+                    data[k] = {kk: obj[kk][()] for kk in obj.keys() if isinstance(obj[kk], h5py.Dataset)}
                 if not isinstance(obj, h5py.Dataset):
                     continue
                 data[k] = obj[()]
@@ -505,6 +520,16 @@ def _validate(path: Path, data: dict[str, np.ndarray], attrs: dict[str, Any]) ->
             a = np_shaped(k)
             if k == "exact_std" and np.any(a <= 0):
                 raise InputError(path, "dataset 'exact_std' has values <= 0")
+            if k == "exact_pit" and np.any((a < 0) | (a > 1)):
+                raise InputError(path, "dataset 'exact_pit' has values outside [0, 1]")
+        elif k in EXTRA_N or k in EXTRA_NPP:
+            a = num(k, 1 if k in EXTRA_N else 3)
+            if a.shape != ((n,) if k in EXTRA_N else (n, p, p)):
+                raise InputError(path, f"dataset '{k}' has shape {a.shape}; expected {(n,) if k in EXTRA_N else (n, p, p)}")
+            if k == "exact_hpd" and np.any((a < 0) | (a > 1)):
+                raise InputError(path, "dataset 'exact_hpd' has values outside [0, 1]")
+        elif k == "exact_grid":
+            a = _check_exact_grid(path, a, n)
         elif k == "mixture_weights":
             a = np.asarray(a, dtype=np.float64)
             m = None if member_mean is None else member_mean.shape[0]
@@ -557,3 +582,38 @@ def _validate(path: Path, data: dict[str, np.ndarray], attrs: dict[str, Any]) ->
         n_members=int_attr("n_members"), n_samples=int_attr("n_samples"), priors=priors,
         extra=extra, attrs=attrs, path=str(path), warnings=warnings,
     )
+
+
+def _check_exact_grid(path: Path, g, n: int) -> dict:
+    """Validate the ``exact_grid`` group: ``index (m,)``, ``omega_m``/``sigma_8 (m, G)``, ``log_density (m, G, G)``."""
+    if not isinstance(g, dict):
+        raise InputError(path, "'exact_grid' must be a group (index, omega_m, sigma_8, log_density)")
+    for k in ("index", "omega_m", "sigma_8", "log_density"):
+        if k not in g or not isinstance(g[k], np.ndarray) or g[k].dtype.kind not in "biuf":
+            raise InputError(path, f"group 'exact_grid' lacks a numeric dataset '{k}'")
+    idx, om, s8, ld = g["index"], g["omega_m"], g["sigma_8"], g["log_density"]
+    m = idx.shape[0] if idx.ndim == 1 else -1
+    gx = om.shape[1] if om.ndim == 2 else -1
+    gy = s8.shape[1] if s8.ndim == 2 else -1
+    if m < 0 or om.shape != (m, gx) or s8.shape != (m, gy) or ld.shape != (m, gx, gy):
+        raise InputError(path, f"group 'exact_grid' has shapes index {idx.shape}, omega_m {om.shape}, sigma_8 "
+                               f"{s8.shape}, log_density {ld.shape}; expected (m,), (m, G), (m, G), (m, G, G)")
+    if idx.dtype.kind not in "iu" or np.any((idx < 0) | (idx >= n)):
+        raise InputError(path, f"dataset 'exact_grid/index' must hold item indices in [0, {n})")
+    if not (np.all(np.isfinite(om)) and np.all(np.isfinite(s8))) or np.any(np.isnan(ld) | (ld == np.inf)):
+        raise InputError(path, "group 'exact_grid' has NaN or infinite values")
+    return {"index": idx.astype(np.int64), "omega_m": om.astype(np.float64), "sigma_8": s8.astype(np.float64),
+            "log_density": ld.astype(np.float64)}
+
+
+def _subset_group(g: dict, idx, n: int) -> dict:
+    """The rows of a group whose ``index`` is among the items ``idx`` (index or boolean array over ``n``), re-indexed."""
+    if "index" not in g:
+        return g
+    sel = np.arange(n)[np.asarray(idx)]
+    new = np.full(n, -1)
+    new[sel] = np.arange(sel.size)
+    keep = new[g["index"]] >= 0
+    out = {k: np.asarray(v)[keep] for k, v in g.items()}
+    out["index"] = new[g["index"][keep]]
+    return out

@@ -252,7 +252,18 @@ def evaluate(cfg: DictConfig) -> Path:
 
 
 def exact_posterior_datasets(cfg: DictConfig, dm: CMDDataModule, split: str, post: Posterior) -> dict:
-    """``exact_mean`` / ``exact_std`` for maps of the ``grf`` simulator (the physical limit)."""
+    """The exact posterior of every map of the ``grf`` simulator (the physical limit), as extra datasets.
+
+    For ``data.params = [Omega_m, sigma_8]`` (``cfg.exact_posterior``: ``auto`` | ``true`` |
+    ``false``), from :func:`cosmoinfer.simulators.exact.exact_predictive`, physical units:
+    ``exact_mean``, ``exact_std (N, P)``, ``exact_cov (N, P, P)``, ``exact_log_prob (N,)`` =
+    ``log p_exact(theta_true | x)`` (nats, Jacobian of the physical units included),
+    ``exact_pit (N, P)`` (marginal CDFs at the truth), ``exact_hpd (N,)`` (highest-density
+    credibility of the truth) and ``exact_grid``, a dict (an HDF5 group in predictions.h5) for
+    corner plots of the first ``min(N, 8)`` maps: ``index (n,)`` item indices, ``omega_m (n, G)``,
+    ``sigma_8 (n, G)`` equally spaced axes around the posterior mass and ``log_density (n, G, G)``
+    (``[n, i, j]`` at ``(omega_m[n, i], sigma_8[n, j])``), ``G = cfg.exact_grid``.
+    """
     want = str(cfg.get("exact_posterior", "auto")).lower()
     sim_cfg = None
     if hasattr(dm.source, "manifest"):
@@ -265,20 +276,35 @@ def exact_posterior_datasets(cfg: DictConfig, dm: CMDDataModule, split: str, pos
     if list(post.param_names) != ["Omega_m", "sigma_8"]:
         log.warning("exact posterior is computed for [Omega_m, sigma_8] only; skipped for %s", post.param_names)
         return {}
-    from cosmoinfer.simulators.exact import exact_posterior
+    from cosmoinfer.simulators.exact import exact_predictive
     from cosmoinfer.simulators.grf import GRFSimulator
 
     sim = GRFSimulator(**{k: v for k, v in sim_cfg.items() if k in ("grid", "box_size", "slab_thickness",
                                                                       "noise_std")})
     idx = dm.datasets[split].indices
-    res = {"mean": [], "std": []}
+    truth = np.asarray(post.truth, dtype=np.float64)
+    n_grid = int(cfg.get("exact_grid") or 128)
+    rng = np.random.default_rng(0)
+    keys = ("exact_mean", "exact_std", "exact_cov", "exact_log_prob", "exact_pit", "exact_hpd")
+    res: dict = {k: [] for k in keys}
+    grid = None
     for i0 in range(0, len(idx), 512):
         block = idx[i0:i0 + 512]
         maps = np.stack([dm.source.read_one(int(i))[0] for i in block])  # only these maps, ``(n, H, W)``
-        r = exact_posterior(maps, sim, dm.priors, n_grid=int(cfg.get("exact_grid", 96)))
-        res["mean"].append(r["mean"])
-        res["std"].append(r["std"])
-    return {"exact_mean": np.concatenate(res["mean"]), "exact_std": np.concatenate(res["std"])}
+        q = exact_predictive(maps, sim, dm.priors)
+        t = truth[i0:i0 + len(block)]
+        mean, cov = q.moments()
+        for k, v in zip(keys, (mean, np.sqrt(np.diagonal(cov, axis1=1, axis2=2)), cov, q.log_prob(t),
+                               q.marginal_cdf(t), q.hpd_credibility(t, rng))):
+            res[k].append(v)
+        if grid is None:
+            pick = np.arange(min(len(block), 8))
+            om, s8, ld = q.subset(pick).axis_grid(n_grid)
+            grid = {"index": pick + i0, "omega_m": om, "sigma_8": s8, "log_density": ld}
+    out = {k: np.concatenate(v) for k, v in res.items()}
+    if grid is not None:
+        out["exact_grid"] = grid
+    return out
 
 
 def write_posterior(path: Path, post: Posterior, predictor: Predictor, method: str, split: str,
