@@ -15,14 +15,16 @@ Parts (``--only`` picks one; default: all):
   LH priors; 19 200 training / 8 100 test maps at ``reduced``, 42 240 / 17 820 at ``full``): the default CMD CNN
   (ensemble member 0, capped at ``trainer.max_time``), further ensemble members, and the
   power-spectrum baseline (``model=ps_mlp``), evaluated on val and test; evaluate adds the exact
-  posterior of every map (``exact_mean``, ``exact_std``). The CNNs are evaluated with test-time
+  posterior of every map (``exact_mean``, ``exact_std``, ``exact_log_prob``, ``exact_hpd`` ...:
+  :func:`cosmoinfer.uncertainty.evaluate.exact_posterior_datasets`). The CNNs are evaluated with test-time
   augmentation (``tta=true``: the mean and variance averaged over the 8 rotations/flips of each map,
   under which the GRF likelihood is invariant) and member 0 also without it (``grf_fisher_no_tta``).
-  Per parameter:
+  Per parameter (the definitions of :mod:`cosmoinfer.calibration.exact`, shared with the report):
 
   - ``efficiency`` = MSE(exact posterior mean) / MSE(network mean) (1 = the physical limit);
   - ``std_ratio_median`` = median of network std / exact posterior std;
-  - ``mean_shift`` = RMS(network mean - exact mean) / mean exact std;
+  - ``mean_shift`` = RMS over maps of (network mean - exact mean) / exact std (until 2026-12 this
+    was RMS(network mean - exact mean) / mean exact std, which weights the wide posteriors);
   - ``coverage_error`` (max |empirical - nominal| over the levels 0.05 ... 0.95) of the Gaussian
     intervals, before and after variance scaling (``coverage_error_recalibrated``) and isotonic
     recalibration (``coverage_error_isotonic``), judged on test and fitted on the calibration set:
@@ -31,6 +33,14 @@ Parts (``--only`` picks one; default: all):
     is too small a fit set: its noise alone moved the isotonic figure to 0.024;
   - ``rmse``, ``exact_rmse``, ``train_minutes`` (wall clock of the training process);
   - the same for the baseline, prefixed ``baseline_`` (``baseline_rmse`` ...).
+
+  Joint figures of the whole predictive sit under the pseudo-parameter ``joint`` of each
+  experiment (``cosmoinfer.calibration.compute_metrics``' ``joint`` block, from the stored
+  predictive): ``expected_kl`` (mean over test maps of log p_exact(theta_true|x) - log q(theta_true|x),
+  nats) with its 95% bootstrap interval over simulations ``expected_kl_lo`` / ``_hi``,
+  ``hpd_coverage_error`` (max |empirical - nominal| coverage of the highest-density regions over the
+  levels 0.05 ... 0.95) and the joint ``nll``; the baseline's prefixed ``baseline_``, and the exact
+  posterior's own ``exact_hpd_coverage_error`` and ``exact_nll`` (its expected KL is 0).
 
 * ``camels``: ``camels_like_mtot`` (CNN vs power-spectrum baseline on Mtot maps), and
   ``camels_like_multifield`` (Mtot, Mgas, T, Mstar as channels, inferring Omega_m, sigma_8, A_SN1,
@@ -82,6 +92,8 @@ PARTS = ("grf", "camels", "cross", "sweep")
 #: Metric names of the grf experiments (the JSON contract).
 GRF_METRICS = ("efficiency", "std_ratio_median", "mean_shift", "coverage_error", "coverage_error_recalibrated",
                "rmse", "train_minutes", "baseline_rmse")
+#: Joint (whole-predictive) figures of the grf experiments, under the pseudo-parameter ``joint``.
+GRF_JOINT = ("expected_kl", "expected_kl_lo", "expected_kl_hi", "hpd_coverage_error", "nll")
 TARGETS = {"efficiency": 0.97, "std_ratio": 0.05, "mean_shift": 0.2, "coverage_error_recalibrated": 0.02,
            "train_minutes": 20.0, "camels_gain": 0.10}
 QUIET = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
@@ -498,12 +510,12 @@ def exact_figures(test, val=None, ci: bool = False, reference: dict | None = Non
     Also the reference figures of the exact posterior itself, :func:`exact_reference` of the same
     maps; ``reference`` passes them in when they are already computed (``{}``: leave them out).
     """
+    from cosmoinfer.calibration.exact import efficiency, mean_shift, std_ratio_median
+
     em, es = test.extra["exact_mean"], test.extra["exact_std"]
-    mse_net = np.mean((test.mean - test.truth) ** 2, axis=0)
-    mse_ex = np.mean((em - test.truth) ** 2, axis=0)
-    out = {"efficiency": mse_ex / mse_net,
-           "std_ratio_median": np.median(test.std / es, axis=0),
-           "mean_shift": np.sqrt(np.mean((test.mean - em) ** 2, axis=0)) / np.mean(es, axis=0)}
+    out = {"efficiency": efficiency(test.truth, test.mean, em),
+           "std_ratio_median": std_ratio_median(test.std, es),
+           "mean_shift": mean_shift(test.mean, em, es)}
     out.update(exact_reference(test, val, ci) if reference is None else reference)
     return out
 
@@ -522,6 +534,44 @@ def exact_reference(test, val=None, ci: bool = False) -> dict[str, np.ndarray]:
                               _exact_as_gaussian(val) if val is not None and "exact_mean" in val.extra else None,
                               ci=ci)
     return {f"exact_{k}": v for k, v in ref.items() if k != "recalibration_scale"}
+
+
+def joint_figures(test, prefix: str = "", exact: bool = False) -> dict:
+    """Figures of the whole predictive of ``test`` (a :class:`Predictions`), for the ``joint`` entry.
+
+    ``expected_kl`` / ``_lo`` / ``_hi``, ``hpd_coverage_error`` and ``nll`` from
+    :func:`cosmoinfer.calibration.compute_metrics` (computed directly with the shared functions
+    where its ``joint`` block lacks them), keys prefixed ``prefix``; ``exact``: also the exact
+    posterior's own ``exact_hpd_coverage_error`` and ``exact_nll`` (from ``exact_hpd`` and
+    ``exact_log_prob``). ``None`` where a figure cannot be computed.
+    """
+    from cosmoinfer.calibration.exact import expected_kl
+    from cosmoinfer.calibration.metrics import DEFAULT_LEVELS, compute_metrics
+
+    levels = np.asarray(DEFAULT_LEVELS, dtype=np.float64)
+
+    def hpd_error(cred) -> float:
+        return float(np.max(np.abs(np.mean(np.asarray(cred)[None, :] <= levels[:, None], axis=1) - levels)))
+
+    rng = np.random.default_rng(0)
+    joint = compute_metrics(test, rng=rng, n_posterior_samples=200, n_bootstrap=200)["joint"]
+    log_q = None
+    if "nll" not in joint or "hpd_coverage_error" not in joint:
+        log_q = test.predictive.log_prob(test.truth)
+        joint.setdefault("nll", float(-np.mean(log_q)))
+        joint.setdefault("hpd_coverage_error", hpd_error(test.predictive.hpd_credibility(test.truth, rng)))
+    if "expected_kl" not in joint and "exact_log_prob" in test.extra:
+        log_q = test.predictive.log_prob(test.truth) if log_q is None else log_q
+        joint["expected_kl"] = expected_kl(test.extra["exact_log_prob"], log_q, test.sim_id, rng)
+    kl = joint.get("expected_kl") or {}
+    out = {"expected_kl": kl.get("value"), "expected_kl_lo": kl.get("lo"), "expected_kl_hi": kl.get("hi"),
+           "hpd_coverage_error": joint.get("hpd_coverage_error"), "nll": joint.get("nll")}
+    out = {prefix + k: None if v is None else _num(v) for k, v in out.items()}
+    if exact and "exact_hpd" in test.extra:
+        out["exact_hpd_coverage_error"] = _num(hpd_error(test.extra["exact_hpd"]))
+    if exact and "exact_log_prob" in test.extra:
+        out["exact_nll"] = _num(-np.mean(test.extra["exact_log_prob"]))
+    return out
 
 
 def _same_maps(a, b) -> bool:
@@ -585,6 +635,7 @@ def summarise_grf(out: Path, info: dict) -> dict:
         base = _per_param(ps_test.param_names, figs, "baseline_")
         for nm in base:
             base[nm]["baseline_train_minutes"] = _num(ps_train["minutes"] or np.nan)
+        base["joint"] = joint_figures(ps_test, "baseline_")
     members = sorted((root / "cnn" / "members").glob("*"), key=lambda p: int(p.name)) if (root / "cnn").is_dir() else []
     trains = [train_info(m) for m in members]
     info["grf"] = {"members": [{"member": m.name, **t} for m, t in zip(members, trains)], "baseline": ps_train}
@@ -602,6 +653,7 @@ def summarise_grf(out: Path, info: dict) -> dict:
         d = _per_param(test.param_names, figs)
         for nm in d:
             d[nm]["train_minutes"] = _num(minutes if minutes is not None else np.nan)
+        d["joint"] = joint_figures(test, exact=True)
         res[key] = _merge(d, base)
         info.setdefault("n_test", {})[key] = test.n
         fit_set = None if val is None else "calibration" if Path(val.path).parent.name == "calib" else "val"
@@ -617,6 +669,7 @@ def summarise_grf(out: Path, info: dict) -> dict:
         d = _per_param(test.param_names, {**exact_figures(test, val), **calibration_figures(test, val)})
         for nm in d:
             d[nm]["train_minutes"] = _num(t["minutes"] if t["minutes"] is not None else np.nan)
+        d["joint"] = joint_figures(test, exact=True)
         res[f"grf_fisher_explore_{ex.name}"] = d
         info["grf"].setdefault("explore", {})[ex.name] = t
     return res
@@ -784,8 +837,9 @@ def grf_table(results: dict) -> list[str]:
     exps = [e for e in results if e.startswith("grf_fisher")]
     for exp in exps:
         for nm, d in results.get(exp, {}).items():
-            models = [("", {"grf_fisher": "CNN (default, member 0), TTA", "grf_fisher_ensemble": "CNN ensemble, TTA",
-                            "grf_fisher_no_tta": "CNN (default, member 0), no TTA"}.get(exp, "CNN"))]
+            if nm == "joint":  # whole-predictive figures: grf_joint_table
+                continue
+            models = [("", _GRF_MODEL.get(exp, "CNN"))]
             if exp == "grf_fisher":
                 models += [("baseline_", "PS baseline"), ("exact_", "exact posterior (Gaussian summary)")]
             for pre, model in models:
@@ -809,6 +863,33 @@ def grf_table(results: dict) -> list[str]:
                     f" | {_f(g('coverage_error_isotonic'))}{_mark(None if g('coverage_error_isotonic') is None else g('coverage_error_isotonic') <= TARGETS['coverage_error_recalibrated'])}{_ci(d, pre)}"
                     f" | {_f(g('rmse'), 4)}"
                     f" | {_f(g('train_minutes'), 1)}{_mark(None if pre or exp != 'grf_fisher' or g('train_minutes') is None else g('train_minutes') <= TARGETS['train_minutes'])} |")
+    return rows
+
+
+_GRF_MODEL = {"grf_fisher": "CNN (default, member 0), TTA", "grf_fisher_ensemble": "CNN ensemble, TTA",
+              "grf_fisher_no_tta": "CNN (default, member 0), no TTA"}
+
+
+def grf_joint_table(results: dict) -> list[str]:
+    """Expected KL from the exact posterior, HPD coverage error and joint NLL of each grf model."""
+    rows = ["| experiment | model | expected KL, nats [95% sim. bootstrap] | HPD coverage err. | joint NLL |",
+            "|---|---|---|---|---|"]
+    for exp in (e for e in results if e.startswith("grf_fisher")):
+        j = results[exp].get("joint")
+        if not j:
+            continue
+        models = [("", _GRF_MODEL.get(exp, "CNN"))]
+        if exp == "grf_fisher":
+            models += [("baseline_", "PS baseline"), ("exact_", "exact posterior")]
+        for pre, model in models:
+            if pre == "exact_":
+                rows.append(f"| {exp} | {model} | 0 | {_f(j.get('exact_hpd_coverage_error'))} | "
+                            f"{_f(j.get('exact_nll'))} |")
+                continue
+            kl, lo, hi = (j.get(pre + k) for k in ("expected_kl", "expected_kl_lo", "expected_kl_hi"))
+            ci = "" if lo is None or hi is None else f" [{_f(lo)}, {_f(hi)}]"
+            rows.append(f"| {exp} | {model} | {_f(kl)}{ci} | {_f(j.get(pre + 'hpd_coverage_error'))} | "
+                        f"{_f(j.get(pre + 'nll'))} |")
     return rows
 
 
@@ -923,6 +1004,11 @@ def render_section(results: dict, info: dict, notes: str) -> str:
               f"{info.get('recalibration_fit') or {k: f'{v} val maps' for k, v in info.get('n_val', {}).items()}} "
               "(calibration maps: fresh simulations of their own seed, evaluated like test).", ""]
         L += g
+        jt = grf_joint_table(results)
+        if len(jt) > 2:
+            L += ["", "The whole predictive against the exact posterior (test maps): expected KL divergence from the "
+                  "exact posterior (mean of log p_exact − log q at the truth), coverage error of the highest-density "
+                  "regions, joint NLL (the exact posterior's is the floor; NLL − exact NLL = expected KL).", ""] + jt
         mem = (info.get("grf") or {}).get("members", [])
         if mem:
             L += ["", "Training: " + "; ".join(

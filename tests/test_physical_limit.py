@@ -32,10 +32,15 @@ def test_quick_grf_run_writes_json_and_table(tmp_path):
     res = json.loads(js.read_text())
     assert set(res) == {"grf_fisher", "grf_fisher_no_tta", "grf_fisher_ensemble"}
     for exp in res.values():
-        assert set(exp) == {"Omega_m", "sigma_8"}
-        for metrics in exp.values():
-            assert set(pl.GRF_METRICS) <= set(metrics)
+        assert set(exp) == {"Omega_m", "sigma_8", "joint"}
+        for nm, metrics in exp.items():
+            assert set(pl.GRF_JOINT if nm == "joint" else pl.GRF_METRICS) <= set(metrics)
             assert all(v is None or isinstance(v, (int, float)) for v in metrics.values())
+        j = exp["joint"]
+        assert j["expected_kl_lo"] <= j["expected_kl"] <= j["expected_kl_hi"]
+        # joint NLL - the exact posterior's NLL at the truths is the expected KL (the same log q)
+        assert abs(j["nll"] - j["exact_nll"] - j["expected_kl"]) < 1e-3 * max(1.0, abs(j["expected_kl"]))
+    assert {"baseline_" + k for k in pl.GRF_JOINT} <= set(res["grf_fisher"]["joint"])
     # the recalibrations are fitted on the calibration set (fresh simulations of their own seed), not on val
     from cosmoinfer.calibration import read_predictions
     from cosmoinfer.calibration.recalibration import fit_std_scaling
@@ -47,7 +52,12 @@ def test_quick_grf_run_writes_json_and_table(tmp_path):
     scale = [res["grf_fisher"][nm]["recalibration_scale"] for nm in ("Omega_m", "sigma_8")]
     assert np.allclose(scale, fit_std_scaling(cal.truth, cal.mean, cal.std), rtol=1e-5)
     assert not np.allclose(scale, fit_std_scaling(val.truth, val.mean, val.std), rtol=1e-3)
+    # the test predictions hold the exact posterior of every map (evaluate's exact_posterior_datasets)
+    assert {"exact_mean", "exact_std", "exact_cov", "exact_log_prob", "exact_pit", "exact_hpd",
+            "exact_grid"} <= set(test.extra)
+    assert test.extra["exact_grid"]["log_density"].shape == (min(test.n, 8), 24, 24)  # exact_grid=24 at quick
     text = md.read_text()
+    assert "| grf_fisher | exact posterior | 0 |" in text  # the joint table
     assert f"'grf_fisher': '{cal.n} calibration maps'" in text
     assert text.startswith("# Benchmarks\n\n## Performance\n\nkept as is\n")  # other sections untouched
     assert text.count(pl.SECTION) == 1 and "grf_fisher" in text
@@ -148,7 +158,7 @@ def test_exact_figures_of_a_network_that_is_the_exact_posterior():
     off = _preds(test.truth, test.mean + 0.5 * test.std, test.std, test.mean, test.std)
     ex_off = pl.exact_figures(off, val)
     np.testing.assert_allclose(ex_off["efficiency"], 1 / 1.25, rtol=0.03)
-    assert np.all(ex_off["mean_shift"] > 0.45)
+    np.testing.assert_allclose(ex_off["mean_shift"], 0.5)  # RMS over maps of the shift in exact stds
     # the exact posterior's own figures depend on the maps only: computed once, passed in, or left out
     ref = pl.exact_reference(test, val)
     assert set(ref) == {k for k in ex if k.startswith("exact_")}
@@ -183,3 +193,37 @@ def test_isotonic_error_interval_resamples_simulations_and_narrows_with_more_of_
     figs = pl.calibration_figures(test, draw(400), ci=True)
     assert np.all(figs["coverage_error_isotonic_ci_low"] <= figs["coverage_error_isotonic"])
     assert np.all(figs["coverage_error_isotonic"] <= figs["coverage_error_isotonic_ci_high"])
+
+
+def test_joint_figures_of_the_exact_posterior_and_of_a_wider_one(tmp_path):
+    """joint_figures reads compute_metrics' joint block: expected KL 0 for q = p_exact, the analytic
+    KL for a Gaussian 1.5x too wide, joint NLL - exact NLL = expected KL, and the baseline prefix."""
+    from cosmoinfer.data.priors import Prior
+    from cosmoinfer.posterior import Bijection, MixturePredictive, read_predictions, write_predictions
+
+    rng = np.random.default_rng(2)
+    n_sims, per = 150, 15
+    priors = [Prior("Omega_m", -10.0, 10.0), Prior("sigma_8", -10.0, 10.0)]  # wide box: Gaussians unclipped
+    theta = np.repeat(rng.uniform(-1, 1, (n_sims, 2)), per, axis=0)
+    sd = rng.uniform(0.05, 0.2, theta.shape)
+    x = theta + sd * rng.standard_normal(theta.shape)  # exact posterior N(x, sd^2)
+    bij = Bijection.identity(2, priors)
+    exact = MixturePredictive.from_gaussians(x[:, None], sd[:, None] ** 2, bij, ["Omega_m", "sigma_8"])
+    lp = exact.log_prob(theta)
+    out = {}
+    for name, s in (("exact", 1.0), ("wide", 1.5)):
+        q = MixturePredictive.from_gaussians(x[:, None], (s * sd[:, None]) ** 2, bij, ["Omega_m", "sigma_8"])
+        path = write_predictions(tmp_path / f"{name}.h5", truth=theta, mean=x, std=s * sd, std_aleatoric=s * sd,
+                                 std_epistemic=0 * sd, sim_id=np.repeat(np.arange(n_sims), per),
+                                 param_names=["Omega_m", "sigma_8"], method="single", split="test", priors=priors,
+                                 extra_datasets={"exact_log_prob": lp, "exact_hpd": exact.hpd_credibility(theta, rng)},
+                                 predictive=q)
+        out[name] = pl.joint_figures(read_predictions(path), "baseline_" if name == "wide" else "", exact=True)
+    ex, wide = out["exact"], out["wide"]
+    assert abs(ex["expected_kl"]) < 1e-6 and ex["expected_kl_lo"] <= 1e-9 and ex["expected_kl_hi"] >= -1e-9
+    assert abs(ex["nll"] - ex["exact_nll"]) < 1e-6
+    kl = 2 * (np.log(1.5) + 1 / 4.5 - 0.5)
+    assert wide["baseline_expected_kl_lo"] < kl < wide["baseline_expected_kl_hi"]
+    assert abs(wide["baseline_nll"] - wide["exact_nll"] - wide["baseline_expected_kl"]) < 1e-4
+    assert ex["hpd_coverage_error"] < 0.1 and wide["baseline_hpd_coverage_error"] > ex["hpd_coverage_error"]
+
