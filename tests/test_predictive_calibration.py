@@ -91,7 +91,6 @@ def test_lognormal_judged_as_lognormal_not_gaussian():
     rng = np.random.default_rng(4)
     bij = Bijection.from_priors(PRIORS)
     n = 6000
-    sim = np.arange(n)
     loc = rng.uniform(0.4, 0.6, (n, 1, 3))
     sd = np.array([0.03, 0.03, 0.2])
     u_true = loc[:, 0] + sd * rng.standard_normal((n, 3))

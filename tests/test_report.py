@@ -12,7 +12,6 @@ import numpy as np
 import pytest
 
 from cosmoinfer.calibration import build_report, mixture_moments, read_predictions, write_predictions
-from cosmoinfer.calibration.metrics import coverage_tolerance
 from cosmoinfer.calibration.verdict import verdict
 from cosmoinfer.data.priors import Prior
 from cosmoinfer.errors import InputError

@@ -3,6 +3,7 @@
 * :class:`MixturePredictive`: a weighted Gaussian mixture per map in the network's unit
   coordinates, pushed to physical units by each prior's bijection (:class:`Bijection`).
 * :class:`SamplePredictive`: draws plus log-densities, for methods that give nothing else.
+* :class:`GridPredictive`: a density on per-map grids (the exact posterior of ``grf`` maps).
 * :func:`read_predictions` / :func:`write_predictions`: ``predictions.h5``, which stores either.
 * :func:`derived_s8`: the derived S8 = sigma_8 (Omega_m / 0.3)^0.5.
 
@@ -18,6 +19,7 @@ Reading a predictive from Python::
 """
 
 from cosmoinfer.posterior.bijection import Bijection
+from cosmoinfer.posterior.grid import GridPredictive
 from cosmoinfer.posterior.mixture import MixturePredictive
 from cosmoinfer.posterior.predictions import FORMAT_VERSION, Predictions, read_predictions, write_predictions
 from cosmoinfer.posterior.samples import SamplePredictive
@@ -25,6 +27,7 @@ from cosmoinfer.posterior.samples import SamplePredictive
 __all__ = [
     "FORMAT_VERSION",
     "Bijection",
+    "GridPredictive",
     "MixturePredictive",
     "Predictions",
     "SamplePredictive",
