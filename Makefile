@@ -29,7 +29,7 @@ bench-quick: $(STAMP)
 	$(PY) -m benchmarks.run --quick
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check cosmoinfer tests benchmarks pipelines
+	$(VENV)/bin/ruff check src tests benchmarks pipelines
 
 clean:
 	rm -rf $(VENV) runs outputs multirun .pytest_cache

@@ -67,25 +67,25 @@ posterior) and is written by its own engineer/run; `python -m benchmarks.run` ne
 
 OPTIMISATIONS = """### Optimisations the figures called for
 
-- **CMD reader without memory-mapped reads** (`cosmoinfer/data/sources.py`): `CMDSource` still opens
+- **CMD reader without memory-mapped reads** (`src/cosmoinfer/data/sources.py`): `CMDSource` still opens
   the `.npy` files with `np.load(mmap_mode="r")` (header, shape, data offset) but reads maps with
   `os.preadv` at that offset. Pages read through a memory map stay mapped and count towards the
   resident set of the reader and of every DataLoader worker, so one epoch over a 4 GB file made
   each of them ~4 GB resident (`data_pipeline` measures this "mmap baseline" beside the fix);
   through `pread` the data passes through the page cache, which is not charged to the process.
-- **Normalisation fit in byte-bounded blocks** (`cosmoinfer/data/transforms.py`): `fit_normalizer`
+- **Normalisation fit in byte-bounded blocks** (`src/cosmoinfer/data/transforms.py`): `fit_normalizer`
   streamed 256 maps per block whatever their size; at 256^2 its float64 copies and temporaries
   peaked at ~0.5 GB. Blocks are now capped at ~32 MB of float64 (64 maps at 256^2), same result.
-- **Simulator filters on distinct |k|** (`cosmoinfer/simulators/camels_like.py`): the Gaussian
+- **Simulator filters on distinct |k|** (`src/cosmoinfer/simulators/camels_like.py`): the Gaussian
   amplitude, the feedback suppression and the field variances depend on |k| only, so they are
   evaluated on the ~3k distinct |k| of a 64^3 grid and gathered once, instead of on all 135k modes;
   in-place updates drop four box-sized temporaries. Maps are bit-for-bit unchanged (float32).
-- **Exact posterior: grid terms computed once** (`cosmoinfer/simulators/exact.py`): the spectra on the
+- **Exact posterior: grid terms computed once** (`src/cosmoinfer/simulators/exact.py`): the spectra on the
   parameter grid (an EH98 transfer function per grid Omega_m, projected over the slab) and `1/P` on
   the grid do not depend on the maps, yet took ~80% of a 512-map call at n_grid=128 and were
   recomputed on every call (`cosmoinfer-evaluate` calls once per 512-map block). They are cached on
   the simulator instance (last two grids); results are identical.
-- **Cheaper non-finite weight check** (`cosmoinfer/training/callbacks.py`): `NonFiniteGuard` ran
+- **Cheaper non-finite weight check** (`src/cosmoinfer/training/callbacks.py`): `NonFiniteGuard` ran
   `isfinite(p).all()` on every parameter tensor after every step (~1 ms/step, one of the larger
   pieces of Lightning-side overhead in `training_overhead`); it now checks one fused
   `torch._foreach_norm` of all parameters (finite iff every entry is) and falls back to the

@@ -11,7 +11,7 @@ from typing import Callable
 from cosmoinfer.errors import InputError
 
 #: Absolute path of the repository's ``conf/`` folder (Hydra ``config_path``).
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONF_DIR = str(Path(__file__).resolve().parents[3] / "conf")
 
 log = logging.getLogger("cosmoinfer")
 

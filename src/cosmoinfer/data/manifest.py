@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 MAPS_PER_SIM = 15
 #: Folder of the manifests shipped with the repository.
-MANIFEST_DIR = Path(__file__).resolve().parents[2] / "data_manifests"
+MANIFEST_DIR = Path(__file__).resolve().parents[3] / "data_manifests"
 
 
 def maps_filename(field: str, suite: str, set_: str = "LH") -> str:
