@@ -7,10 +7,26 @@ PYTEST_ARGS ?=
 
 .PHONY: setup demo test bench bench-quick lint clean
 
+# PyTorch is installed first, as the build named by TORCH_VARIANT (default: the CPU build) from
+# PyTorch's own wheel index; a wheel of that build already on disk (pip's find-links, as on our CI
+# machines) is taken without asking the index. PyPI's Linux torch is the CUDA build (~3 GB with its
+# NVIDIA libraries), so the CPU build is never taken from there. GPU machines:
+#   make setup TORCH_VARIANT=cu128      (any variant PyTorch publishes, e.g. cu126, cu128, rocm6.4)
+# The constraints file then holds torch at that version while the rest installs.
+TORCH_VERSION ?= 2.13.0
+TORCH_VARIANT ?= cpu
+TORCH_INDEX   ?= https://download.pytorch.org/whl/$(TORCH_VARIANT)
+ifeq ($(shell uname -s),Darwin)
+TORCH_SPEC := torch==$(TORCH_VERSION)
+else
+TORCH_SPEC := torch==$(TORCH_VERSION)+$(TORCH_VARIANT)
+endif
+
 $(STAMP): pyproject.toml constraints-cpu.txt
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q -c constraints-cpu.txt torch==2.13.0
+	$(PIP) install -q "$(TORCH_SPEC)" 2>/dev/null \
+	  || $(PIP) install -q --extra-index-url $(TORCH_INDEX) "$(TORCH_SPEC)"
 	$(PIP) install -q -c constraints-cpu.txt -e ".[dev]"
 	touch $(STAMP)
 

@@ -48,37 +48,98 @@ def run(args, cwd, timeout=600):
                           env=env)
 
 
-def test_pipeline_end_to_end_then_rerun_redoes_only_what_is_missing(tmp_path):
+def _stage_lines(stdout: str) -> dict[str, str]:
+    """``{stage name: its last line}`` of the pipeline's per-stage lines (``[name] ran in ...``)."""
+    out = {}
+    for ln in stdout.splitlines():
+        if ln.startswith("[") and "]" in ln and not ln.startswith("[pipeline]"):
+            out[ln[1:ln.index("]")]] = ln[ln.index("]") + 2:]
+    return out
+
+
+def test_pipeline_end_to_end_then_reruns_only_what_changed(tmp_path):
     out = tmp_path / "qs"
     args = ["cosmoinfer.cli.pipeline", "experiment=quickstart", f"out_dir={out}", "pipeline.simulate.n_sims=16",
             "pipeline.members=2", "pipeline.mc_samples=3", "trainer.max_epochs=1", "model.hidden=4",
-            "callbacks.progress_bar=null", "trainer.enable_progress_bar=false", f"hydra.run.dir={tmp_path / 'h'}"]
+            f"hydra.run.dir={tmp_path / 'h'}"]
     r = run(args, tmp_path)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
     report = out / "report" / "report.html"
-    assert r.stdout.strip().splitlines()[-1] == f"report: {report}"
+    lines = r.stdout.strip().splitlines()
+    assert lines[-1] == f"report: {report}"
     assert report.is_file() and (out / "report" / "metrics.json").is_file()
     assert sorted(p.name for p in (out / "members").iterdir()) == ["0", "1"]
     for method in ("single", "ensemble", "mc_dropout", "ensemble_mc_dropout"):
         for split in ("val", "test"):
             with h5py.File(out / "predictions" / method / split / "predictions.h5") as f:
                 assert f.attrs["method"] == method and f.attrs["split"] == split
-    # rerun: everything is complete, nothing is redone
+    # every stage says it ran, in how long and why; then a count, the method to trust and the verdicts
+    stages = _stage_lines(r.stdout)
+    assert len(stages) == 12 and all(v.startswith("ran in ") and v.endswith("(new)") for v in stages.values()), stages
+    assert "[pipeline] 12 of 12 stages run, 0 reused" in r.stdout
+    trust = [ln for ln in lines if ln.startswith("trust: ")]
+    assert len(trust) == 1 and trust[0].split()[1] in ("single", "ensemble", "mc_dropout", "ensemble_mc_dropout")
+    assert [ln.strip().split(":")[0] for ln in lines if ln.startswith("  ")][:2] == ["Omega_m", "sigma_8"]
+    assert len(lines) <= 40, r.stdout  # fits on a screen
+    # the training logs on disk: one line per epoch, no progress-bar debris, no Lightning tips
+    log = (out / "logs" / "train_0.log").read_text()
+    assert "\r" not in log and "\x1b[" not in log and "Tip:" not in log and "epoch 1/1:" in log, log[-2000:]
+    assert "evaluating " in (out / "logs" / "evaluate_single_test.log").read_text()
+
+    # rerun: everything is complete, nothing is redone, and the terminal says so
     mtime = (out / "members" / "0" / "checkpoints" / "best.ckpt").stat().st_mtime
     r = run(args, tmp_path)
-    assert r.returncode == 0 and "[train member" not in r.stdout and "[evaluate" not in r.stdout
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert all(v.startswith("reused (same configuration and inputs") for v in _stage_lines(r.stdout).values())
+    assert "[pipeline] 0 of 12 stages run, 12 reused" in r.stdout
     assert (out / "members" / "0" / "checkpoints" / "best.ckpt").stat().st_mtime == mtime
-    # a lost predictions file (a crash before it was written) is redone, and only it
-    (out / "predictions" / "mc_dropout" / "test" / ".done").unlink()
+
+    # a lost predictions file is redone, and what reads it
     (out / "predictions" / "mc_dropout" / "test" / "predictions.h5").unlink()
     r = run(args, tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    stages = [ln for ln in r.stdout.splitlines() if ln.startswith("[") and "running" in ln]
-    assert [s.split("]")[0] for s in stages] == ["[evaluate mc_dropout test", "[report"]
-    # pipeline.tta=true: the redone evaluation averages over the 8 rotations/flips, and says so in its file
-    (out / "predictions" / "single" / "test" / ".done").unlink()
-    r = run([*args, "pipeline.tta=true"], tmp_path)
+    ran = {k: v for k, v in _stage_lines(r.stdout).items() if v.startswith("ran in")}
+    assert sorted(ran) == ["evaluate mc_dropout test", "report"], ran
+    assert ran["evaluate mc_dropout test"].endswith("(output missing: predictions.h5)")
+    assert ran["report"].endswith("(input redone: evaluate mc_dropout test)")
+
+    # another number of dropout passes: only the MC-dropout evaluations and the report, with the key named
+    r = run([*args, "pipeline.mc_samples=4"], tmp_path)
     assert r.returncode == 0, r.stderr[-2000:]
-    for split, tta in (("test", True), ("val", False)):
+    ran = {k: v for k, v in _stage_lines(r.stdout).items() if v.startswith("ran in")}
+    assert sorted(ran) == ["evaluate ensemble_mc_dropout test", "evaluate ensemble_mc_dropout val",
+                           "evaluate mc_dropout test", "evaluate mc_dropout val", "report"], ran
+    assert "configuration changed: evaluator.n_samples 3 -> 4" in ran["evaluate mc_dropout val"]
+    assert "input changed" in ran["report"]
+    with h5py.File(out / "predictions" / "mc_dropout" / "test" / "predictions.h5") as f:
+        assert int(f.attrs["n_samples"]) == 4
+
+    # pipeline.tta=true redoes every evaluation, which says so in its file; members are kept
+    r = run([*args, "pipeline.mc_samples=4", "pipeline.tta=true"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "[pipeline] 9 of 12 stages run, 3 reused" in r.stdout, r.stdout
+    for split in ("test", "val"):
         with h5py.File(out / "predictions" / "single" / split / "predictions.h5") as f:
-            assert bool(f.attrs["tta"]) is tta
+            assert bool(f.attrs["tta"]) is True
+    assert (out / "members" / "0" / "checkpoints" / "best.ckpt").stat().st_mtime == mtime
+
+
+def test_pipeline_fresh_redoes_everything_and_a_second_pipeline_is_refused(tmp_path):
+    from cosmoinfer.stages import FolderLock
+
+    out = tmp_path / "qs"
+    args = ["cosmoinfer.cli.pipeline", "experiment=quickstart", f"out_dir={out}", "pipeline.simulate.n_sims=12",
+            "pipeline.members=1", "pipeline.methods=[single]", "trainer.max_epochs=1", "model.hidden=4",
+            f"hydra.run.dir={tmp_path / 'h'}"]
+    assert run(args, tmp_path).returncode == 0
+    mtime = (out / "members" / "0" / "checkpoints" / "best.ckpt").stat().st_mtime
+    r = run([*args, "pipeline.fresh=true"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "[pipeline] 5 of 5 stages run, 0 reused" in r.stdout, r.stdout
+    assert (out / "members" / "0" / "checkpoints" / "best.ckpt").stat().st_mtime != mtime
+    # another pipeline holding the folder: one line, exit 2, nothing touched
+    with FolderLock(out):
+        r = run(args, tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "another cosmoinfer-pipeline" in err[0] and str(out) in err[0], r.stderr

@@ -8,53 +8,33 @@ into one output folder::
       members/{0..M-1}/           one training run each: checkpoints/, metrics.csv, split.json
       predictions/{method}/{split}/predictions.h5
       report/                     report.html, metrics.json, figures/
+      logs/                       one log per stage
 
-A stage whose outputs are complete is skipped (``.done`` markers written after the stage
-succeeded); a training member interrupted mid-run is resumed from its ``last.ckpt``. Rerunning
-after a crash therefore redoes only what is missing.
+The stage runner (:mod:`cosmoinfer.stages`) reuses a stage only when it finished under the same
+composed configuration and the same inputs; anything else is redone, with everything downstream,
+and the terminal says why. A training member interrupted mid-run resumes from its ``last.ckpt``.
+``pipeline.fresh=true`` redoes every stage.
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import subprocess
-import sys
+import json
+import shutil
 import time
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from cosmoinfer.errors import InputError, atomic_write_text
-
-log = logging.getLogger("cosmoinfer.pipeline")
+from cosmoinfer.errors import InputError
+from cosmoinfer.stages import FolderLock, Stage, StageRunner, fmt_seconds, terminate_on_sigterm
 
 #: Prefixes of command-line overrides forwarded to cosmoinfer-train.
 TRAIN_KEYS = ("data.", "model", "loss", "optimizer", "scheduler", "trainer", "callbacks", "logger", "seed")
 
 
-def _done(folder: Path) -> bool:
-    return (folder / ".done").is_file()
-
-
-def _mark_done(folder: Path, seconds: float) -> None:
-    atomic_write_text(folder / ".done", f"{seconds:.1f} s\n")
-
-
-def _run(stage: str, module: str, args: list[str], log_file: Path) -> float:
-    """Run ``python -m module args``; its output goes to ``log_file``. Fails loudly on error."""
-    cmd = [sys.executable, "-m", module, *args]
-    log.debug("[%s] %s", stage, " ".join(cmd[2:]))
-    print(f"[{stage}] running ... (log: {log_file})", flush=True)
-    log_file.parent.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    with open(log_file, "w") as fh:
-        rc = subprocess.call(cmd, stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ))
-    if rc != 0:
-        tail = [ln for ln in log_file.read_text().splitlines() if ln.startswith("error:")]
-        msg = tail[-1][len("error: "):] if tail else f"exited with status {rc}; see {log_file}"
-        raise InputError(None, f"stage {stage} failed: {msg}")
-    return time.time() - t0
+#: Files each kind of stage leaves in its folder (glob patterns); a stage missing one is redone.
+OUTPUTS = {"simulate": ("Maps_*.npy",), "train": ("checkpoints/best.ckpt",), "evaluate": ("predictions.h5",),
+           "report": ("report.html", "metrics.json")}
 
 
 def forwarded_overrides(task_overrides) -> list[str]:
@@ -62,83 +42,128 @@ def forwarded_overrides(task_overrides) -> list[str]:
     return [o for o in task_overrides if o.lstrip("+~").startswith(TRAIN_KEYS)]
 
 
-def run_pipeline(cfg: DictConfig, task_overrides=()) -> Path:
+def build_stages(cfg: DictConfig, task_overrides=()) -> list[Stage]:
+    """The pipeline's stages in running order (each after the stages it reads)."""
     p = cfg.pipeline
     out = Path(cfg.out_dir).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    logs = out / "logs"
-    hydra_dir = out / ".hydra_runs"
+    logs, hydra_dir = out / "logs", out / ".hydra_runs"
     train_over = [f"experiment={cfg.experiment_name}", *forwarded_overrides(task_overrides)]
-    timings = {}
 
+    def stage(name, cli, config_name, args, folder, inputs=(), resumable=False) -> Stage:
+        log_name = name.replace("member ", "").replace(" ", "_") + ".log"
+        return Stage(name=name, module=f"cosmoinfer.cli.{cli}", config_name=config_name, args=args,
+                     folder=folder, log_file=logs / log_name, out=out, inputs=list(inputs), resumable=resumable,
+                     outputs=OUTPUTS[cli])
+
+    stages: list[Stage] = []
     # 1. simulate (synthetic experiments only)
-    data_args = []
+    data_args, upstream = [], []
     if p.get("simulate"):
         data_dir = out / "data"
-        if not _done(data_dir):
-            sim = OmegaConf.to_container(p.simulate, resolve=True)
-            args = [f"simulator={sim.pop('simulator')}", f"out_dir={data_dir}", f"hydra.run.dir={hydra_dir}/simulate"]
-            args += [f"{k}={_fmt(v)}" for k, v in sim.items()]
-            timings["simulate"] = _run("simulate", "cosmoinfer.cli.simulate", args, logs / "simulate.log")
-            _mark_done(data_dir, timings["simulate"])
-        else:
-            print("[simulate] done already, skipped", flush=True)
+        sim = OmegaConf.to_container(p.simulate, resolve=True)
+        args = [f"simulator={sim.pop('simulator')}", f"out_dir={data_dir}", "progress=false",
+                f"hydra.run.dir={hydra_dir}/simulate", *[f"{k}={_fmt(v)}" for k, v in sim.items()]]
+        stages.append(stage("simulate", "simulate", "simulate", args, data_dir))
+        upstream = [stages[-1]]
         data_args = [f"data.root={data_dir}"]
     elif not cfg.get("data", {}).get("root"):
         raise InputError("data.root", "this experiment trains on existing data: set data.root=/path/to/CMD")
 
     # 2. train M ensemble members (seeds 0..M-1)
-    members = [out / "members" / str(i) for i in range(int(p.members))]
-    todo = [i for i, m in enumerate(members) if not _done(m)]
-    if todo and p.get("launcher"):
-        seeds = ",".join(str(i) for i in todo)
-        args = ["-m", f"seed={seeds}", f"hydra/launcher={p.launcher}", f"hydra.sweep.dir={out / 'members'}",
-                "hydra.sweep.subdir=${seed}", "resume=true", *train_over, *data_args]
-        timings["train"] = _run("train", "cosmoinfer.cli.train", args, logs / "train.log")
-        for i in todo:
-            _mark_done(members[i], timings["train"])
-    for i in todo if not p.get("launcher") else []:
-        args = [f"seed={i}", f"out_dir={members[i]}", "resume=true", f"hydra.run.dir={hydra_dir}/train_{i}",
+    members = []
+    for i in range(int(p.members)):
+        folder = out / "members" / str(i)
+        args = [f"seed={i}", f"out_dir={folder}", "resume=true", f"hydra.run.dir={hydra_dir}/train_{i}",
                 *train_over, *data_args]
-        timings[f"train_{i}"] = _run(f"train member {i}", "cosmoinfer.cli.train", args, logs / f"train_{i}.log")
-        _mark_done(members[i], timings[f"train_{i}"])
-    if not todo:
-        print("[train] all members done already, skipped", flush=True)
-    ckpts = [str(m / "checkpoints" / "best.ckpt") for m in members]
+        members.append(stage(f"train member {i}", "train", "train", args, folder, upstream, resumable=True))
+    stages.extend(members)
+    ckpts = [str(m.folder / "checkpoints" / "best.ckpt") for m in members]
 
     # 3. evaluate every method on val (for recalibration) and test
-    preds = {}
+    evals = {}
     for method in p.methods:
-        use = ckpts[:1] if method in ("single", "mc_dropout") else ckpts
+        n_use = 1 if method in ("single", "mc_dropout") else len(members)
         for split in ("val", "test"):
             folder = out / "predictions" / method / split
-            preds[(method, split)] = folder / "predictions.h5"
-            if _done(folder):
-                continue
-            args = [f"evaluator={method}", f"checkpoints=[{','.join(use)}]", f"split={split}", f"out_dir={folder}",
-                    f"hydra.run.dir={hydra_dir}/evaluate_{method}_{split}"]
+            args = [f"evaluator={method}", f"checkpoints=[{','.join(ckpts[:n_use])}]", f"split={split}",
+                    f"out_dir={folder}", f"hydra.run.dir={hydra_dir}/evaluate_{method}_{split}"]
             if "mc_dropout" in method:
                 args.append(f"evaluator.n_samples={int(p.mc_samples)}")
             if p.get("tta"):
                 args.append("tta=true")
-            timings[f"evaluate_{method}_{split}"] = _run(f"evaluate {method} {split}", "cosmoinfer.cli.evaluate",
-                                                         args, logs / f"evaluate_{method}_{split}.log")
-            _mark_done(folder, timings[f"evaluate_{method}_{split}"])
+            evals[(method, split)] = stage(f"evaluate {method} {split}", "evaluate", "evaluate", args, folder,
+                                           members[:n_use])
+    stages.extend(evals.values())
 
-    # 4. report (redone whenever an input changed)
-    report_dir = out / "report"
-    inputs_newer = any(preds[k].stat().st_mtime > (report_dir / ".done").stat().st_mtime
-                       for k in preds) if _done(report_dir) else True
-    if inputs_newer:
-        methods = list(p.methods)
-        args = [f"predictions=[{','.join(str(preds[(m, 'test')]) for m in methods)}]",
-                f"val_predictions=[{','.join(str(preds[(m, 'val')]) for m in methods)}]",
-                f"labels=[{','.join(methods)}]", f"out_dir={report_dir}", f"hydra.run.dir={hydra_dir}/report"]
-        timings["report"] = _run("report", "cosmoinfer.cli.report", args, logs / "report.log")
-        _mark_done(report_dir, timings["report"])
-    report = report_dir / "report.html"
+    # 4. report
+    methods = list(p.methods)
+    pred = {k: s.folder / "predictions.h5" for k, s in evals.items()}
+    args = [f"predictions=[{','.join(str(pred[(m, 'test')]) for m in methods)}]",
+            f"val_predictions=[{','.join(str(pred[(m, 'val')]) for m in methods)}]",
+            f"labels=[{','.join(methods)}]", f"out_dir={out / 'report'}", f"hydra.run.dir={hydra_dir}/report"]
+    stages.append(stage("report", "report", "report", args, out / "report", list(evals.values())))
+    return stages
+
+
+def run_pipeline(cfg: DictConfig, task_overrides=()) -> Path:
+    """Run (or reuse) every stage; print a summary and return the path of ``report.html``."""
+    out = Path(cfg.out_dir).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    terminate_on_sigterm()
+    t0 = time.time()
+    with FolderLock(out):
+        stages = build_stages(cfg, task_overrides)
+        if cfg.pipeline.get("fresh"):
+            print(f"[pipeline] fresh run: removing every stage's earlier output in {out}", flush=True)
+            for s in stages:
+                if s.folder.exists():
+                    shutil.rmtree(s.folder)
+        runner = StageRunner()
+        print(f"[pipeline] {out} (stage logs in {out / 'logs'})", flush=True)
+        members = [s for s in stages if s.name.startswith("train member")]
+        launcher = cfg.pipeline.get("launcher")
+        for s in stages:
+            if launcher and s is members[0]:
+                runner.run_together(members, lambda todo: _multirun_args(cfg, task_overrides, todo, launcher),
+                                    out / "logs" / "train.log")
+            elif not (launcher and s in members):
+                runner.run(s)
+    report = stages[-1].folder / "report.html"
+    ran = [name for name, what, _ in runner.summary if what == "ran"]
+    print(f"[pipeline] {len(ran)} of {len(stages)} stages run, {len(stages) - len(ran)} reused, "
+          f"in {fmt_seconds(time.time() - t0)}", flush=True)
+    for line in summary_lines(stages[-1].folder / "metrics.json"):
+        print(line, flush=True)
     print(f"report: {report}", flush=True)
     return report
+
+
+def _multirun_args(cfg, task_overrides, members: list[Stage], launcher: str) -> list[str]:
+    """``cosmoinfer-train -m`` arguments that train ``members`` as one Hydra multirun (e.g. on SLURM)."""
+    data_args = [a for a in members[0].args if a.startswith("data.root=")]
+    seeds = ",".join(m.name.rsplit(" ", 1)[1] for m in members)
+    return ["-m", f"seed={seeds}", f"hydra/launcher={launcher}", f"hydra.sweep.dir={members[0].folder.parent}",
+            "hydra.sweep.subdir=${seed}", "resume=true", f"experiment={cfg.experiment_name}",
+            *forwarded_overrides(task_overrides), *data_args]
+
+
+def summary_lines(metrics_path: Path) -> list[str]:
+    """A few lines for the terminal from ``metrics.json``: the method to trust and its verdicts."""
+    try:
+        metrics = json.loads(Path(metrics_path).read_text())
+    except (OSError, ValueError):
+        return []
+    try:  # TEMP until the headline lands
+        from cosmoinfer.calibration.headline import headline
+    except ImportError:
+        return []
+
+    h = headline(metrics)
+    lines = [f"trust: {h['method']} ({h['why']})"]
+    lines += [f"  {name}: {text}" for name, text in h["verdicts"].items()]
+    if h.get("warning"):
+        lines.append(f"warning: {h['warning']}")
+    return lines
 
 
 def _fmt(v) -> str:

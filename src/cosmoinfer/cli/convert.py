@@ -8,8 +8,16 @@ import sys
 from cosmoinfer.errors import InputError
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors (a missing argument) as one ``error:`` line and exit status 2, like the other CLIs."""
+
+    def error(self, message: str):
+        print(f"error: {' '.join(message.split())}; see {self.prog} --help", file=sys.stderr, flush=True)
+        sys.exit(2)
+
+
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = _Parser(prog="cosmoinfer-convert", description=__doc__.replace("``", ""))
     ap.add_argument("root", help="folder with Maps_{field}_{suite}_{set}_z=0.00.npy and params_{set}_{suite}.txt")
     ap.add_argument("out", help="HDF5 file to write (atomically)")
     ap.add_argument("--suite", required=True)

@@ -102,6 +102,11 @@ class SuiteSource:
     def file_of(self, channel: int) -> Path:
         return self.sources[0].file_of(channel)
 
+    def locate(self, i: int, channel: int) -> tuple[Path, int]:
+        """The suite's file holding map ``i`` of field ``channel``, and the map's index in that file."""
+        k, j = self._locate(i)
+        return self.sources[k].locate(j, channel)
+
 
 class SuiteClassificationDataModule(CMDDataModule):
     """Maps of two suites with the label 0 / 1 (which suite) as the single target.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 import numpy as np
 import pytorch_lightning as pl
@@ -24,6 +24,7 @@ from cosmoinfer.data.priors import Prior, from_unit, select
 from cosmoinfer.data.sources import open_source
 from cosmoinfer.data.splits import SPLITS, load_split, map_indices, save_split, split_by_simulation
 from cosmoinfer.data.transforms import Normalizer, fit_normalizer
+from cosmoinfer.data.validate import check_maps
 from cosmoinfer.errors import InputError
 
 log = logging.getLogger(__name__)
@@ -155,10 +156,40 @@ class CMDDataModule(pl.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self._loader(self.datasets["test"], self.eval_batch_size, train=False)
 
-    def split_dataloader(self, split: str) -> DataLoader:
+    def _split_dataset(self, split: str) -> MapDataset:
         if split not in self.datasets:
             raise InputError("split", f"unknown split {split!r}; choose one of {list(SPLITS) + ['all']}")
-        return self._loader(self.datasets[split], self.eval_batch_size, train=False)
+        return self.datasets[split]
+
+    def split_dataloader(self, split: str) -> DataLoader:
+        return self._loader(self._split_dataset(split), self.eval_batch_size, train=False)
+
+    def checked_batches(self, split: str, expected_hw: tuple[int, int] | None = None) -> Iterator[tuple]:
+        """Batches ``(x, y, sim_id)`` of ``split`` in evaluation order, each map checked before it is normalised.
+
+        The maps are read in physical units and go through :func:`cosmoinfer.data.validate.check_maps`
+        (NaN/inf pixels, non-positive values in a log10-transformed field, a map size other than
+        ``expected_hw``, maps far outside the range of the training maps), then are normalised. The
+        first bad map raises :class:`InputError` naming its file (the CMD ``.npy`` file of the field,
+        or the HDF5 store), its index there and the field. ``cosmoinfer-evaluate`` predicts from
+        these: its checkpoint brings the normalisation, so :meth:`setup` runs no validation pass.
+        """
+        ds = self._split_dataset(split)
+        raw = MapDataset(self.source, ds.indices, None, self.param_columns, self.priors)
+        loader = self._loader(raw, self.eval_batch_size, train=False)
+        where = str(self.h5_path or self.root or "data")
+        source_locate = getattr(self.source, "locate", None) or (lambda i, c: (where, i))
+
+        def batches():
+            for x, y, sim, idx in loader:
+                def locate(k: int, c: int, idx=idx.numpy()) -> tuple:
+                    return source_locate(int(idx[k]), c)
+
+                z = check_maps(x.numpy(), self.normalizer, expected_hw=expected_hw, where=where, fields=self.fields,
+                               locate=locate)
+                yield torch.from_numpy(z), y, sim
+
+        return batches()
 
     # ------------------------------------------------------------------ metadata for checkpoints
     def state(self) -> dict:

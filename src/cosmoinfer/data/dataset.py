@@ -17,9 +17,11 @@ class MapDataset(Dataset):
     parameters in unit-cube coordinates, ``sim_id`` int64.
 
     ``augment=True`` applies one of the 8 dihedral transforms drawn on the fly (training only).
+    ``normalizer=None``: ``(x, y, sim_id, map_index)`` with ``x`` the map in physical units, to be
+    checked and normalised by the caller (evaluation, see :meth:`CMDDataModule.checked_batches`).
     """
 
-    def __init__(self, source, indices: np.ndarray, normalizer: Normalizer, param_columns: Sequence[int],
+    def __init__(self, source, indices: np.ndarray, normalizer: Normalizer | None, param_columns: Sequence[int],
                  priors: Sequence[Prior], augment: bool = False):
         self.source = source
         self.indices = np.asarray(indices, dtype=np.int64)
@@ -34,8 +36,12 @@ class MapDataset(Dataset):
 
     def __getitem__(self, i: int):
         idx = int(self.indices[i])
+        sim = idx // self.maps_per_sim
+        if self.normalizer is None:  # physical units, checked by the caller
+            return (torch.from_numpy(np.require(self.source.read_one(idx), np.float32, ["C", "W"])),
+                    torch.from_numpy(self.sim_targets[sim]), torch.tensor(sim, dtype=torch.int64),
+                    torch.tensor(idx, dtype=torch.int64))
         x = torch.from_numpy(self.normalizer(self.source.read_one(idx)))
         if self.augment:
             x = dihedral(x, int(torch.randint(8, ()).item()))
-        sim = idx // self.maps_per_sim
         return x.contiguous(), torch.from_numpy(self.sim_targets[sim]), torch.tensor(sim, dtype=torch.int64)

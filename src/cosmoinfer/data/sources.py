@@ -121,6 +121,10 @@ class CMDSource:
     def file_of(self, channel: int) -> Path:
         return self.paths[channel]
 
+    def locate(self, i: int, channel: int) -> tuple[Path, int]:
+        """The file holding map ``i`` of field ``channel``, and the map's index in that file."""
+        return self.paths[channel], int(i)
+
     def __del__(self):
         for fh in getattr(self, "_files", None) or []:
             try:
@@ -203,6 +207,10 @@ class H5Source:
 
     def file_of(self, channel: int) -> Path:
         return self.path
+
+    def locate(self, i: int, channel: int) -> tuple[Path, int]:
+        """The file holding map ``i`` of field ``channel``, and the map's index in that file."""
+        return self.path, int(i)
 
     def __getstate__(self):
         state = self.__dict__.copy()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+import warnings
 from pathlib import Path
 
 import hydra
@@ -14,7 +16,7 @@ from cosmoinfer.data.datamodule import CMDDataModule
 from cosmoinfer.data.splits import save_split
 from cosmoinfer.models.likelihoods import build_likelihood
 from cosmoinfer.models.network import build_network
-from cosmoinfer.training.callbacks import AtomicCheckpointIO, NonFiniteGuard
+from cosmoinfer.training.callbacks import AtomicCheckpointIO, EpochLine, NonFiniteGuard
 from cosmoinfer.training.checkpoint import read_checkpoint
 from cosmoinfer.training.module import PosteriorModule
 
@@ -46,10 +48,36 @@ def build_module(cfg: DictConfig, dm: CMDDataModule) -> PosteriorModule:
     return PosteriorModule(network, likelihood, meta, _container(cfg.optimizer), scheduler)
 
 
+class _DropTips(logging.Filter):
+    """Lightning's advertising lines ("Tip: ... try installing litlogger"): nothing a user can act on."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Drop the noise a user cannot act on: Lightning's tips and its own deprecation warnings."""
+    for name in ("pytorch_lightning.utilities.rank_zero", "lightning_fabric.utilities.rank_zero"):
+        logging.getLogger(name).addFilter(_DropTips())
+    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated")
+
+
 def build_trainer(cfg: DictConfig, out_dir: Path) -> pl.Trainer:
-    callbacks = [NonFiniteGuard()] + [hydra.utils.instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c]
-    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
+    """The Lightning Trainer of ``cfg.trainer`` with the configured callbacks and loggers.
+
+    Off a terminal (a log file, a batch job) the progress bar is replaced by one line per epoch
+    (:class:`EpochLine`), so logs hold no bar debris.
+    """
+    quiet_lightning()
     trainer_cfg = _container(cfg.trainer)
+    on_terminal = sys.stderr.isatty()
+    callbacks = [NonFiniteGuard(), EpochLine()]
+    for c in (cfg.get("callbacks") or {}).values():
+        if c and (on_terminal or not str(c.get("_target_", "")).endswith("ProgressBar")):
+            callbacks.append(hydra.utils.instantiate(c))
+    if not on_terminal:
+        trainer_cfg["enable_progress_bar"] = False
+    loggers = [hydra.utils.instantiate(c) for c in (cfg.get("logger") or {}).values() if c]
     if trainer_cfg.get("strategy") == "ddp" and trainer_cfg.get("accelerator") == "cpu":
         from pytorch_lightning.strategies import DDPStrategy
 

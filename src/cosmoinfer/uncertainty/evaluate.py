@@ -5,7 +5,10 @@ from __future__ import annotations
 import glob
 import logging
 import re
+import sys
+import time
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import numpy as np
 from omegaconf import DictConfig, ListConfig
@@ -65,8 +68,10 @@ MODEL_KEYS = ("fields", "params", "label", "log_fields", "log_offset", "split_se
 #: ``data.*`` keys that choose the data to evaluate on (a value equal to the checkpoint's is its own data).
 DATA_KEYS = ("root", "roots", "suite", "suites", "set", "h5_path", "manifest")
 #: ``data.*`` keys that only shape the loading: ``eval_batch_size`` (default ``batch_size``, then 64),
-#: ``num_workers``, ``pin_memory`` and ``validate`` are used; ``batch_size`` only as that default;
-#: ``augment`` is ignored (evaluation never augments at random; ``tta=true`` averages the 8 views);
+#: ``num_workers`` and ``pin_memory`` are used; ``batch_size`` only as that default; ``validate`` is
+#: accepted and has no effect (every evaluated map is checked as it is predicted, see
+#: :meth:`CMDDataModule.checked_batches`); ``augment`` is ignored (evaluation never augments at random;
+#: ``tta=true`` averages the 8 views);
 #: ``split_file`` must hold the checkpoint's split on its own data and is the split on other data.
 LOADER_KEYS = ("batch_size", "eval_batch_size", "num_workers", "pin_memory", "validate", "augment", "split_file")
 
@@ -219,6 +224,25 @@ def build_eval_datamodule(cfg: DictConfig, meta: dict, path=None) -> CMDDataModu
     return dm
 
 
+def progress(batches: Iterable, total: int, every: float = 0.1) -> Iterator:
+    """Pass ``batches`` through, showing progress: a tqdm bar on a terminal, else log lines.
+
+    Off a terminal (a pipeline stage's log file) it logs ``evaluating k/total batches (t s)``
+    about every ``every`` of the way, so logs on disk hold no bar debris.
+    """
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        yield from tqdm(batches, total=total, desc="evaluating", unit="batch", leave=False)
+        return
+    step = max(1, int(round(total * every)))
+    t0 = time.time()
+    for k, batch in enumerate(batches, start=1):
+        yield batch
+        if k % step == 0 or k == total:
+            log.info("evaluating %d/%d batches (%.0f s)", k, total, time.time() - t0)
+
+
 def evaluate(cfg: DictConfig) -> Path:
     method = cfg.evaluator.name
     if method not in METHODS:
@@ -237,15 +261,24 @@ def evaluate(cfg: DictConfig) -> Path:
     meta = predictor.models[0].meta["data"]
     dm = build_eval_datamodule(cfg, meta, paths[0])
     split = str(cfg.split)
-    loader = dm.split_dataloader(split)
-    if len(loader.dataset) == 0:
+    n_batches = len(dm.split_dataloader(split))
+    if n_batches == 0:
         raise InputError("split", f"split {split!r} holds no maps")
-    post = predictor.predict_batches(loader, target_priors=dm.priors)
+    # every evaluated map is checked (NaN/inf, non-positive in a log10 field, map size, far outside the
+    # training range) as it is read, before normalisation: the first bad one stops the run with one line
+    # naming its file, index and field, and nothing is written
+    grid = int(meta["grid"])
+    batches = progress(dm.checked_batches(split, expected_hw=(grid, grid)), n_batches)
+    post = predictor.predict_batches(batches, target_priors=dm.priors)
     extra = exact_posterior_datasets(cfg, dm, split, post)
     out = Path(cfg.out_dir) / "predictions.h5"
+    from cosmoinfer.provenance import run_details
+
+    run = run_details(predictor.models, paths, split=split, n_maps=len(post.mean),
+                      n_sims=len(np.unique(post.sim_id)), suite=dm.suite)  # the report's headline box
     write_posterior(out, post, predictor, method=method, split=split, n_members=len(paths),
                     n_samples=n_samples, extra=extra, checkpoints=[str(p) for p in paths], suite=dm.suite,
-                    tta=predictor.tta)
+                    tta=predictor.tta, run=run)
     log.info("wrote %s (%d maps, %s)", out, len(post.mean), method)
     print(f"predictions: {out}")
     return out

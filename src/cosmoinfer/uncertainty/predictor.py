@@ -44,8 +44,12 @@ Notebook use::
 
     model = load_posterior_model("multirun/train/2024-01-01_12-00-00")   # or a list of checkpoints
     post = model.predict_maps(maps)        # (N, C, H, W) or (N, H, W) maps in physical units
-    post.mean, post.std, post.std_aleatoric, post.std_epistemic, post.cov
-    post.predictive.log_prob(theta), post.sample(1000, truncate=True)
+    post.mean, post.std, post.std_aleatoric, post.std_epistemic
+    post.cov                               # None unless the heads predict covariances (gaussian_fullcov, mdn)
+    post.predictive.log_prob(theta), post.sample(1000, truncate=True)   # predictive: None for classification
+
+Maps the model cannot handle (another size or field count, NaN/inf pixels, maps already
+log10-transformed or far outside the training range) raise :class:`InputError`.
 """
 
 from __future__ import annotations
@@ -61,6 +65,7 @@ from torch import nn
 
 from cosmoinfer.data.priors import Prior, from_unit
 from cosmoinfer.data.transforms import dihedral
+from cosmoinfer.data.validate import check_maps
 from cosmoinfer.errors import InputError
 from cosmoinfer.posterior.bijection import Bijection
 from cosmoinfer.posterior.member_moments import mixture_moments
@@ -78,12 +83,23 @@ class Posterior:
     """Predictive distribution for ``N`` maps and ``P`` parameters, in physical units.
 
     ``predictive``: the whole predictive (:class:`MixturePredictive`, unit-space components and
-    the prior bijection); ``None`` for classification. ``mean``, ``std`` ``(N, P)`` and ``cov``
-    ``(N, P, P)`` are its exact physical moments (``cov`` only where every head predicts a
-    covariance: ``gaussian_fullcov``, ``mdn``). ``member_mean`` / ``member_std`` ``(D, N, P)`` are
-    the moments of each network draw (``D = M`` members, ``T`` dropout passes, or ``M*T``);
-    ``std_aleatoric`` = sqrt(mean of the draws' variances), ``std_epistemic`` = sqrt(variance of
-    the draws' means), so ``std² = std_aleatoric² + std_epistemic²``.
+    the prior bijection). ``mean``, ``std`` ``(N, P)`` and ``cov`` ``(N, P, P)`` are its exact
+    physical moments. ``member_mean`` / ``member_std`` ``(D, N, P)`` are the moments of each
+    network draw (``D = M`` members, ``T`` dropout passes, or ``M*T``); ``std_aleatoric`` =
+    sqrt(mean of the draws' variances), ``std_epistemic`` = sqrt(variance of the draws' means), so
+    ``std² = std_aleatoric² + std_epistemic²``.
+
+    Always set: ``mean``, ``std``, ``std_aleatoric``, ``std_epistemic``, ``member_mean``,
+    ``member_std``, ``param_names``, ``task``. **May be** ``None``:
+
+    - ``cov``: ``None`` unless every network's head predicts a covariance (``loss=gaussian_fullcov``
+      or ``loss=mdn``); with the default diagonal head (``gaussian_nll``), ``mse``, ``moment`` and
+      for classification it is ``None`` (use ``std``, or ``predictive`` for correlations);
+    - ``predictive``: ``None`` for classification (``bernoulli`` head; :meth:`sample` then draws
+      from a Gaussian with ``mean`` / ``std``);
+    - ``truth``, ``sim_id``: ``None`` for maps given without labels
+      (:meth:`Predictor.predict_maps`, bare tensors to :meth:`Predictor.predict_batches`); set
+      when evaluating a data split (``cosmoinfer-evaluate``).
     """
 
     mean: np.ndarray
@@ -373,15 +389,16 @@ class Predictor:
     def predict_maps(self, maps: np.ndarray, batch_size: int = 256) -> Posterior:
         """Posterior for maps in physical units, ``(N, C, H, W)`` (or ``(N, H, W)`` for one field).
 
-        The training run's normalisation (log10 and standardisation) is applied first.
+        The training run's normalisation (log10 and standardisation) is applied first. Maps the
+        model cannot handle are refused with an :class:`InputError` naming the map and the problem
+        (see :func:`cosmoinfer.data.validate.check_maps`): another shape, field count or map size
+        than the training maps, NaN or inf pixels, non-positive values in a log10-transformed
+        field, and maps far outside the range of the training maps (e.g. already log10-transformed).
         """
-        maps = np.asarray(maps, dtype=np.float32)
-        if maps.ndim == 3:
-            maps = maps[:, None]
-        n_ch = len(self.normalizer.mean)
-        if maps.ndim != 4 or maps.shape[1] != n_ch:
-            raise InputError("maps", f"expected (N, {n_ch}, H, W) maps in physical units, got {maps.shape}")
-        x = torch.from_numpy(self.normalizer(maps))
+        data = self.models[0].meta["data"]
+        grid = int(data["grid"])
+        x = torch.from_numpy(check_maps(maps, self.normalizer, expected_hw=(grid, grid), where="maps",
+                                        fields=list(data["fields"])))
         return self.predict_batches(x[i:i + batch_size] for i in range(0, len(x), batch_size))
 
 
