@@ -71,8 +71,6 @@ class NonFiniteGuard(pl.Callback):
     """
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
-        from cosmoinfer.training.module import NonFiniteLossError
-
         params = [p.detach() for p in pl_module.parameters()]
         if not params:
             return
@@ -87,6 +85,10 @@ class NonFiniteGuard(pl.Callback):
                     f"non-finite weights ({name}) after step {trainer.global_step} at epoch "
                     f"{trainer.current_epoch}; training stopped, the last good checkpoint is kept "
                     "(try a lower optimizer.lr or trainer.gradient_clip_val)")
+
+
+class NonFiniteLossError(RuntimeError):
+    """Raised when the training loss or the weights become NaN or inf (weights are left untouched)."""
 
 
 def time_budget(trainer) -> tuple[float, float | None]:

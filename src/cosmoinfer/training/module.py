@@ -18,12 +18,9 @@ import torchmetrics
 
 from cosmoinfer.models.likelihoods import Likelihood
 from cosmoinfer.models.network import Network
+from cosmoinfer.training.callbacks import NonFiniteLossError, time_budget
 
 log = logging.getLogger(__name__)
-
-
-class NonFiniteLossError(RuntimeError):
-    """Raised when the training loss becomes NaN or inf (weights are left untouched)."""
 
 
 def unit_to_physical_torch(u: torch.Tensor, low: torch.Tensor, high: torch.Tensor, is_log: torch.Tensor):
@@ -121,8 +118,6 @@ class PosteriorModule(pl.LightningModule):
 
     def _time_budget(self) -> float | None:
         """Seconds ``trainer.max_time`` leaves for fitting (its Timer callback); None without a cap."""
-        from cosmoinfer.training.callbacks import time_budget
-
         _, left = time_budget(self.trainer)
         return None if left is None else max(float(left), 1.0)
 

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import glob
 import logging
-import re
 import sys
 import time
 from pathlib import Path
@@ -16,50 +14,12 @@ from omegaconf import DictConfig, ListConfig
 from cosmoinfer.data.datamodule import CMDDataModule
 from cosmoinfer.errors import InputError
 from cosmoinfer.posterior.predictions import write_predictions
+from cosmoinfer.uncertainty.checkpoints import resolve_checkpoints
 from cosmoinfer.uncertainty.predictor import Posterior, Predictor
 
 log = logging.getLogger("cosmoinfer.evaluate")
 
 METHODS = ("single", "ensemble", "mc_dropout", "ensemble_mc_dropout")
-
-
-def _natural_key(path: Path) -> list:
-    """Sort ``multirun/2`` before ``multirun/10``."""
-    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", str(path))]
-
-
-def resolve_checkpoints(spec) -> list[Path]:
-    """A checkpoint path, a list of them, a folder (``*/checkpoints/best.ckpt`` under it, e.g. a
-    Hydra multirun folder, in job order, or its own ``checkpoints/best.ckpt``) or a glob pattern.
-
-    A checkpoint named twice is an :class:`InputError` (it would count one member twice)."""
-    items = list(spec) if isinstance(spec, (list, tuple, ListConfig)) else [spec]
-    paths: list[Path] = []
-    for item in items:
-        item = str(item)
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(p.glob("checkpoints/best.ckpt")) or sorted(p.glob("**/checkpoints/best.ckpt"),
-                                                                       key=_natural_key)
-            if not found:
-                raise InputError(p, "no checkpoints/best.ckpt found in this folder or below it")
-            paths.extend(found)
-        elif any(ch in item for ch in "*?["):
-            found = sorted((Path(x) for x in glob.glob(item, recursive=True)), key=_natural_key)
-            if not found:
-                raise InputError(item, "the checkpoint pattern matches no file")
-            paths.extend(found)
-        else:
-            if not p.is_file():
-                raise InputError(p, "checkpoint not found")
-            paths.append(p)
-    seen: set = set()
-    for p in paths:
-        key = p.resolve()
-        if key in seen:
-            raise InputError(p, "this checkpoint is named twice; an ensemble member must appear once")
-        seen.add(key)
-    return paths
 
 
 #: ``data.*`` keys of the train config that define the model or its split: they must agree with the

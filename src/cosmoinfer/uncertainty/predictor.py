@@ -71,6 +71,7 @@ from cosmoinfer.posterior.bijection import Bijection
 from cosmoinfer.posterior.member_moments import mixture_moments
 from cosmoinfer.posterior.mixture import MixturePredictive
 from cosmoinfer.training.checkpoint import LoadedModel, load_checkpoint
+from cosmoinfer.uncertainty.checkpoints import resolve_checkpoints
 
 log = logging.getLogger("cosmoinfer.predictor")
 
@@ -409,7 +410,6 @@ def load_posterior_model(checkpoints, **kwargs) -> Predictor:
     below it, e.g. a ``-m seed=0,1,2`` multirun folder) or a glob pattern. ``kwargs`` go to
     :class:`Predictor` (``mc_samples``, ``tta``, ``seed``, ``device``).
     """
-    from cosmoinfer.uncertainty.evaluate import resolve_checkpoints
 
     items = checkpoints if isinstance(checkpoints, (list, tuple)) else [checkpoints]
     models: list = []
