@@ -247,7 +247,8 @@ class StageRunner:
         with open(stage.log_file, "w") as fh:
             fh.write(" ".join(cmd) + "\n")
             fh.flush()
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ))
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ),
+                                    preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
             try:
                 while proc.poll() is None:
                     time.sleep(0.5)
@@ -285,6 +286,14 @@ class StageRunner:
         width = shutil.get_terminal_size((100, 20)).columns - 1
         text = f"[{stage.name}] {fmt_seconds(elapsed)}" + (f" · {last}" if last else "")
         print("\r\033[K" + text[:width], end="", flush=True)
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: receive SIGTERM when the pipeline's process dies, even by SIGKILL (Linux)."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 class FolderLock:
