@@ -5,7 +5,7 @@ PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test bench bench-quick lint clean
+.PHONY: setup demo test bench bench-quick lint clean report-screenshot
 
 # PyTorch is installed first, as the build named by TORCH_VARIANT (default: the CPU build) from
 # PyTorch's own wheel index; a wheel of that build already on disk (pip's find-links, as on our CI
@@ -34,6 +34,19 @@ setup: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/cosmoinfer-pipeline experiment=quickstart out_dir=runs/quickstart
+
+# docs/report.png: the top of the demo's report.html in headless Chromium (apt-get install -y chromium),
+# 1280 px wide as the report is laid out for. Runs the demo first only when its report is missing.
+DEMO_REPORT := runs/quickstart/report/report.html
+CHROMIUM    ?= chromium
+
+$(DEMO_REPORT):
+	$(MAKE) demo
+
+report-screenshot: $(DEMO_REPORT)
+	@command -v $(CHROMIUM) >/dev/null || { echo "report-screenshot needs Chromium: apt-get install -y chromium"; exit 1; }
+	$(CHROMIUM) --headless --no-sandbox --disable-gpu --hide-scrollbars --window-size=1280,2400 \
+	  --screenshot=$(abspath docs/report.png) file://$(abspath $(DEMO_REPORT))
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -158,7 +158,9 @@ def test_classification_predictions_are_accepted(tmp_path):
 def test_verdict_texts():
     v = verdict("sigma_8", 1.23, 0.15, 0.008, 0.03, n=2000)
     assert v.status == "too narrow"
-    assert v.text == "sigma_8 intervals too narrow by 23%; scaling by 1.23 fixes coverage to within 0.8%"
+    assert v.text == ("sigma_8 intervals too narrow by 23% (s_test = 1.23); rescaling by s_fit = 1.23 fixes coverage "
+                      "to within 0.8%")
+    assert v.summary == "too narrow by 23% (s_test = 1.23)" and v.worsened == []
     assert verdict("Omega_m", 0.8, 0.1, 0.01, 0.03, n=2000).text.startswith("Omega_m intervals too wide by 25%")
     assert verdict("Omega_m", 1.01, 0.01, 0.01, 0.03, n=2000).status == "well calibrated"
     v = verdict("A_SN1", 1.0, 0.08, 0.08, 0.03, err_isotonic=0.01, n=2000)
@@ -200,7 +202,12 @@ def test_verdict_judges_the_evaluated_set_not_the_validation_set(tmp_path):
     for name, v in zip(NAMES, verdicts):
         assert block["scale"][name] == pytest.approx(1.0, abs=0.1)  # what val asks for
         assert v.status == "too narrow", v.text
-        assert "(fitted on val) leaves coverage off" in v.text
+        # the val-fitted s_fit is near 1: it fixes nothing, and where it shrinks the too narrow intervals
+        # further (s_fit < 1) the verdict says it makes coverage worse
+        if v.s_fit < 1:
+            assert "(fitted on val) makes coverage worse" in v.text and "width scaling" in v.worsened, v.text
+        else:
+            assert "(fitted on val) leaves coverage off" in v.text, v.text
 
 
 # --------------------------------------------------------------------------- report
@@ -352,3 +359,171 @@ def test_cli_config_and_missing_predictions(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: predictions: missing") and "\n" not in err
+
+
+# --------------------------------------------------------------------------- headline, contents, wording
+
+
+def test_verdict_says_when_a_recalibration_makes_coverage_worse():
+    # too narrow on test, but the scale fitted elsewhere (and isotonic) leave coverage further from nominal
+    v = verdict("sigma_8", 1.3, 0.05, 0.09, 0.03, err_isotonic=0.08, n=2000, fit_scale=0.8, fit_on="val")
+    assert v.status == "too narrow" and v.worsened == ["width scaling", "isotonic"]
+    assert "rescaling by s_fit = 0.80 (fitted on val) makes coverage worse: off by 9.0% (was 5.0%" in v.text
+    assert "isotonic recalibration (fitted on val) also makes it worse" in v.text
+    # calibrated to start with: the text says the recalibration would make it worse
+    v = verdict("Omega_m", 1.0, 0.01, 0.04, 0.03, n=2000, fit_scale=1.2)
+    assert v.status == "well calibrated" and "would make coverage worse" in v.text
+    assert v.worsened == ["width scaling"] and v.s_test == 1.0 and v.s_fit == 1.2
+    # a recalibration that helps is never called worse
+    v = verdict("Omega_m", 1.3, 0.1, 0.01, 0.03, err_isotonic=0.02, n=2000)
+    assert "worse" not in v.text and v.worsened == []
+
+
+def _block(label, nll, statuses, n_sims=500, tol=None, run=None):
+    """A hand-made metrics.json block: one verdict per parameter, a joint NLL, the judged simulations."""
+    from cosmoinfer.calibration.headline import dkw_tolerance
+
+    tol = dkw_tolerance(n_sims) if tol is None else tol
+    names = list(statuses)
+    b = {"method": label, "label": label, "split": "test", "n": 15 * n_sims, "n_sims": n_sims,
+         "joint": {"nll": nll}, "params": {nm: {"coverage_tolerance": tol} for nm in names},
+         "recalibrated": {"n_sims": n_sims, "coverage_tolerance": {nm: tol for nm in names}},
+         "verdicts": {nm: {"param": nm, "status": st, "summary": f"{st} (s_test = 1.00)", "text": f"{nm} {st}"}
+                      for nm, st in statuses.items()}}
+    if run is not None:
+        b["run"] = run
+    return b
+
+
+def _doc(*blocks):
+    doc = dict(blocks[0])
+    if len(blocks) > 1:
+        doc["comparison"] = list(blocks)
+    return doc
+
+
+def test_headline_picks_lowest_nll_among_calibrated_methods():
+    from cosmoinfer.calibration.headline import RULE, headline
+
+    ok = {"Omega_m": "well calibrated", "sigma_8": "well calibrated"}
+    bad = {"Omega_m": "well calibrated", "sigma_8": "too narrow"}
+    doc = _doc(_block("single", -2.0, ok), _block("ensemble", -3.0, ok), _block("mc_dropout", -5.0, bad))
+    h = headline(doc)
+    # mc_dropout has the lowest NLL but is not calibrated on sigma_8: the rule skips it
+    assert h["method"] == "ensemble" and "lowest joint NLL" in h["why"] and "2 methods well calibrated" in h["why"]
+    assert h["verdicts"] == {"Omega_m": "well calibrated (s_test = 1.00)", "sigma_8": "well calibrated (s_test = 1.00)"}
+    assert h["statuses"]["sigma_8"] == "well calibrated" and h["rule"] == RULE
+    assert h["warning"] is None
+    assert set(h) >= {"method", "why", "verdicts", "warning", "trained"}
+    # none calibrated: the lowest NLL of all, and the reason says so
+    h = headline(_doc(_block("single", -2.0, bad), _block("ensemble", -3.0, bad), _block("mc", None, bad)))
+    assert h["method"] == "ensemble" and "no method is calibrated" in h["why"]
+    assert h["verdicts"]["sigma_8"] == "too narrow (s_test = 1.00)"
+    # one method only
+    h = headline(_doc(_block("single", -2.0, ok)))
+    assert h["method"] == "single" and "only method" in h["why"]
+
+
+def test_headline_trained_line_from_run_details():
+    from cosmoinfer.calibration.headline import headline
+
+    run = {"code_version": "0.1.0 (git abc1234)", "model": {"arch": "cmd_cnn", "hidden": 8},
+           "loss": {"name": "gaussian_nll"}, "n_networks": 3, "epochs_trained": [8, 8, 7],
+           "training_data": {"suite": "SynthTNG", "set": "LH", "fields": ["Mtot"], "params": NAMES, "grid": 32,
+                             "simulator": "camels_like", "n_sims": {"train": 84}, "n_maps": {"train": 1260}},
+           "evaluated": {"split": "test", "n_maps": 270, "n_sims": 18, "suite": "SynthTNG"}}
+    h = headline(_doc(_block("ensemble", -3.0, {"Omega_m": "well calibrated"}, n_sims=500, run=run)))
+    for piece in ("camels_like", "SynthTNG", "Mtot", "32×32", "84 training simulations", "cmd_cnn",
+                  "gaussian_nll", "7–8 epochs", "3 networks", "0.1.0 (git abc1234)"):
+        assert piece in h["trained"], (piece, h["trained"])
+    assert h["evaluated"].startswith("test split of suite SynthTNG: 270 maps of 18 simulations")
+    assert "not recorded" in headline(_doc(_block("x", -1.0, {"Omega_m": "well calibrated"})))["trained"]
+
+
+def test_headline_warns_when_the_test_set_is_too_small_to_decide():
+    from cosmoinfer.calibration.headline import detectable_error, dkw_tolerance, headline, min_sims
+
+    need = min_sims()
+    # the threshold is where the tolerance of independent simulations crosses the error of intervals
+    # DETECT_WIDTH_FACTOR times too narrow or too wide: just below it calibration cannot be decided
+    assert dkw_tolerance(need) <= detectable_error() < dkw_tolerance(need - 1)
+    ok = {"Omega_m": "well calibrated", "sigma_8": "well calibrated"}
+    few = headline(_doc(_block("single", -2.0, ok, n_sims=need - 1)))
+    assert few["warning"] is not None and f"only {need - 1} test simulations" in few["warning"]
+    assert f"about {need} simulations" in few["warning"] and "cannot be decided" in few["warning"]
+    assert headline(_doc(_block("single", -2.0, ok, n_sims=need)))["warning"] is None
+    assert headline(_doc(_block("single", -2.0, ok, n_sims=20 * need)))["warning"] is None
+    # enough simulations, but their maps so correlated that the measured tolerance is too wide
+    wide = headline(_doc(_block("single", -2.0, ok, n_sims=2 * need, tol=1.5 * detectable_error())))
+    assert wide["warning"] is not None and "cannot be decided" in wide["warning"]
+    # the smallest judged set of any method decides
+    h = headline(_doc(_block("a", -2.0, ok, n_sims=10 * need), _block("b", -1.0, ok, n_sims=need // 2)))
+    assert h["method"] == "a" and f"only {need // 2} test simulations" in h["warning"]
+
+
+RUN = {"code_version": "9.9.9 (git feedbee)", "model": {"arch": "cmd_cnn", "hidden": 8},
+       "loss": {"name": "gaussian_nll"}, "n_networks": 1, "epochs_trained": [5],
+       "training_data": {"suite": "SynthTNG", "fields": ["Mtot"], "params": NAMES, "grid": 32,
+                         "simulator": "camels_like", "n_sims": {"train": 84}, "n_maps": {"train": 1260}},
+       "evaluated": {"split": "test", "n_maps": 300, "n_sims": 20, "suite": "SynthTNG"}}
+
+
+def test_run_details_are_read_back(tmp_path):
+    pred = read_predictions(write_single(tmp_path / "p.h5", n=60, extra_attrs={"run": RUN}))
+    assert pred.run == RUN and pred.warnings == []
+    assert read_predictions(write_single(tmp_path / "old.h5", n=60)).run is None  # older files: no run details
+    bad = _corrupt(write_single(tmp_path / "bad.h5", n=60), attrs={"run": "{not json"})
+    pred = read_predictions(bad)
+    assert pred.run is None and any("'run'" in w for w in pred.warnings)
+
+
+def test_report_has_headline_and_contents(tmp_path):
+    from cosmoinfer.calibration.figures import CSS_PX_PER_INCH, FULL_WIDTH
+    from cosmoinfer.calibration.headline import headline
+    from cosmoinfer.pipeline import summary_lines
+
+    single = write_single(tmp_path / "single.h5", n=300, width_factor=0.7, seed=5, extra_attrs={"run": RUN})
+    single_val = write_single(tmp_path / "single_val.h5", n=300, width_factor=0.7, seed=6, split="val")
+    ens = write_ensemble(tmp_path / "ens.h5")
+    paths = build_report([single, ens], tmp_path / "out", val_predictions=[single_val, None],
+                         labels=["one net", "ensemble"], **FAST)
+    html = paths.html.read_text()
+    m = json.loads(paths.metrics.read_text())
+    assert m["run"] == RUN and "run" not in m["comparison"][1]  # the run details travel into metrics.json
+    h = headline(m)
+
+    # the headline box comes first, before the contents and every section
+    box = re.search(r'<section class="headline" id="headline">(.*?)</section>', html, re.S)
+    assert box is not None and html.index('id="headline"') < html.index('id="toc"') < html.index("<h2 id=")
+    box = box.group(1)
+    assert f"<b>{h['method']}</b>" in box and h["why"] in box
+    assert "Method to trust" in box and "Trained" in box and "Evaluated on" in box
+    trusted = next(b for b in m["comparison"] if b["label"] == h["method"])
+    lines = re.findall(r'<li class="verdict ([a-z-]+)">.*?<b>([^<]+)</b>: ([^<]*)</li>', box)
+    assert [(nm, text) for _, nm, text in lines] == [(nm, v["summary"]) for nm, v in trusted["verdicts"].items()]
+    assert [cls for cls, _, _ in lines] == [v["status"].replace(" ", "-") for v in trusted["verdicts"].values()]
+    # the single network's 20 test simulations are too few to decide: the warning is in the box
+    assert h["warning"] and 'class="warn small-test-set"' in box and "cannot be decided" in box
+
+    # the contents link every h2 (and every figure), and every link lands on an id of the page
+    toc = re.search(r'<nav class="toc" id="toc">(.*?)</nav>', html, re.S).group(1)
+    links = re.findall(r'href="#([^"]+)"', toc)
+    h2_ids = re.findall(r'<h2 id="([^"]+)"', html)
+    assert h2_ids[0] == "comparison" and len(h2_ids) == 3 and set(h2_ids) <= set(links)
+    ids = set(re.findall(r'\bid="([^"]+)"', html))
+    assert set(links) <= ids and len(links) == len(set(links))
+    assert sum(link.startswith("fig-") for link in links) == len(paths.figures)
+
+    # figures at their design size: full-width ones fill the text column
+    widths = [int(w) for w in re.findall(r'<img src="data:image/png;base64,[^"]*" alt="[^"]*" width="(\d+)"', html)]
+    assert len(widths) == len(paths.figures) and max(widths) == round(FULL_WIDTH * CSS_PX_PER_INCH)
+    # one "scale" word per meaning, as in the verdicts
+    assert "scale s<" not in html and "<th>s_test</th>" in html and "<th>s_fit</th>" in html
+    # a single network has no epistemic part: one sentence instead of an empty figure
+    assert "1_one_net_aleatoric_epistemic.png" not in {f.name for f in paths.figures}
+    assert "2_ensemble_aleatoric_epistemic.png" in {f.name for f in paths.figures}
+    assert html.count('class="note no-epistemic"') == 1 and "no epistemic part" in html
+
+    # the pipeline's terminal summary prints the same headline
+    out = summary_lines(paths.metrics)
+    assert out[0] == f"trust: {h['method']} ({h['why']})" and out[-1] == f"warning: {h['warning']}"

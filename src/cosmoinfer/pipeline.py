@@ -25,6 +25,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from cosmoinfer.calibration.headline import headline
 from cosmoinfer.errors import InputError
 from cosmoinfer.stages import FolderLock, Stage, StageRunner, fmt_seconds, terminate_on_sigterm
 
@@ -153,11 +154,6 @@ def summary_lines(metrics_path: Path) -> list[str]:
         metrics = json.loads(Path(metrics_path).read_text())
     except (OSError, ValueError):
         return []
-    try:  # TEMP until the headline lands
-        from cosmoinfer.calibration.headline import headline
-    except ImportError:
-        return []
-
     h = headline(metrics)
     lines = [f"trust: {h['method']} ({h['why']})"]
     lines += [f"  {name}: {text}" for name, text in h["verdicts"].items()]

@@ -28,6 +28,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from cosmoinfer.calibration import by_simulation as bysim
 from cosmoinfer.calibration import figures as figs
+from cosmoinfer.calibration.headline import headline
 from cosmoinfer.calibration.metrics import (
     DEFAULT_LEVELS,
     REPORTED_LEVELS,
@@ -66,10 +67,21 @@ class _Figure:
     caption: str
     png: bytes
     file: str = ""
+    dpi: int = figs.DPI
 
     @property
     def data_uri(self) -> str:
         return "data:image/png;base64," + base64.b64encode(self.png).decode("ascii")
+
+    @property
+    def css_width(self) -> int:
+        """Width in CSS px at the figure's design size (inches x 96), so fonts keep their point sizes."""
+        px = int.from_bytes(self.png[16:20], "big")  # PNG IHDR width
+        return max(1, round(px * figs.CSS_PX_PER_INCH / self.dpi))
+
+    @property
+    def anchor(self) -> str:
+        return "fig-" + _slug(self.file.rsplit("/", 1)[-1].removesuffix(".png") or self.key)
 
 
 # --------------------------------------------------------------------------- helpers
@@ -187,7 +199,7 @@ def _recalibrate(pred: Predictions, val: Predictions | None, levels, rng, opts: 
                 scale_crit=crit, n_sims=g_ev)
         for j, nm in enumerate(names)
     ]
-    curves = {"original": before, f"width scaling (s fitted on {'val' if val is not None else 'half'})":
+    curves = {"original": before, f"width scaling (s_fit from {'val' if val is not None else 'the other half'})":
               after_a["coverage_curve"], "isotonic": iso_cov}
     band = bysim.coverage_band(pit_ev, ev.sim_id, lv, rng)
     return block, verdicts, curves, band, g_ev
@@ -230,14 +242,19 @@ def _analyse_regression(label: str, pred: Predictions, val: Predictions | None, 
             metrics[k] = getattr(pred, k)
     metrics["recalibrated"] = recal
     metrics["verdicts"] = {v.param: v.to_dict() for v in verdicts}
+    if pred.run is not None:
+        metrics["run"] = pred.run
     exact = _exact_block(pred)
     if exact is not None:
         metrics["exact"] = exact
 
     f: list[_Figure] = [
         _Figure("truth_vs_pred", "Truth vs prediction",
-                "Predicted mean ± 1σ against the true value (subsample of at most 400 items).",
-                figs.truth_vs_prediction(pred.truth, pred.mean, pred.std, names, rng=rng, dpi=dpi)),
+                "Predicted mean ± 1σ against the true value (subsample of at most 400 items)"
+                + ("; dashed: the prior range (outside shaded), dotted: the prior mean, where an uninformative "
+                   "map's prediction lands." if pred.priors is not None else "."),
+                figs.truth_vs_prediction(pred.truth, pred.mean, pred.std, names, rng=rng, priors=pred.priors,
+                                         dpi=dpi)),
         _Figure("calibration", "Calibration curve",
                 f"Empirical vs nominal coverage of the equal-tailed intervals of the predictive on the held-out "
                 f"maps of {g_eval} simulations, before and after recalibration; grey: 95% band of a calibrated "
@@ -255,7 +272,7 @@ def _analyse_regression(label: str, pred: Predictions, val: Predictions | None, 
                 "Each dot one item; red: RMSE in bins of predicted std against the RMS std (honest widths follow "
                 "the dashed line).", figs.std_vs_error(pred.truth, pred.mean, pred.std, names, dpi=dpi)),
     ]
-    if pred.has_members or np.any(pred.std_epistemic > 0):
+    if np.any(pred.std_epistemic > 0):
         f.append(_Figure("aleatoric_epistemic", "Aleatoric vs epistemic",
                          "Per-item split of the predictive std into aleatoric (mean member variance) and epistemic "
                          "(spread of member means) parts.",
@@ -313,6 +330,8 @@ def _analyse_classification(label: str, pred: Predictions, val: Predictions | No
     }
     if pred.path:
         metrics["path"] = pred.path
+    if pred.run is not None:
+        metrics["run"] = pred.run
     figures = [_Figure("reliability", "Reliability diagram",
                        "Observed frequency of class 1 against predicted probability (held-out items for the "
                        "recalibrated curve).",
@@ -324,23 +343,57 @@ def _analyse_classification(label: str, pred: Predictions, val: Predictions | No
 # --------------------------------------------------------------------------- rendering
 
 
+def _cell(x, worse_than=None) -> dict:
+    """A table cell; ``worse`` when a recalibrated coverage error exceeds ``worse_than`` (the same maps before)."""
+    worse = (x is not None and worse_than is not None and math.isfinite(float(x))
+             and float(x) > float(worse_than) + 5e-4)
+    return {"text": _fmt(x), "worse": worse,
+            "title": f"makes coverage worse: was {_fmt(worse_than, 3)} on the same maps" if worse else ""}
+
+
 def _summary_rows(m: dict) -> list[dict]:
     rows = []
     rec = m.get("recalibrated", {})
     for nm, d in m["params"].items():
+        held_out = rec.get("before", {}).get(nm, {}).get("coverage_error")
         rows.append({
             "param": nm,
-            "cells": [_fmt(d.get(k)) for k in ("rmse", "r2", "mean_rel_err", "chi2", "nll", "crps")]
-            + [_fmt(d["coverage"].get("0.68")), _fmt(d["coverage"].get("0.95")), _fmt(d["coverage_error"]),
-               _fmt(d["mean_std"]), _fmt(rec.get("scale", {}).get(nm)),
-               _fmt(rec.get("params", {}).get(nm, {}).get("coverage_error")),
-               _fmt(rec.get("isotonic", {}).get(nm, {}).get("coverage_error"))],
+            "cells": [_cell(d.get(k)) for k in ("rmse", "r2", "mean_rel_err", "chi2", "nll", "crps")]
+            + [_cell(d["coverage"].get("0.68")), _cell(d["coverage"].get("0.95")), _cell(d["coverage_error"]),
+               _cell(d["mean_std"]), _cell(rec.get("scale", {}).get(nm)), _cell(rec.get("scale_eval", {}).get(nm)),
+               _cell(held_out),
+               _cell(rec.get("params", {}).get(nm, {}).get("coverage_error"), held_out),
+               _cell(rec.get("isotonic", {}).get(nm, {}).get("coverage_error"), held_out)],
         })
     return rows
 
 
+#: Column names; s_test and s_fit as in :mod:`~cosmoinfer.calibration.verdict` (never a bare "scale").
 SUMMARY_HEADER = ["parameter", "RMSE", "R²", "mean rel. err", "χ²", "NLL", "CRPS", "cov 68%", "cov 95%",
-                  "coverage error", "mean σ", "scale s", "cov. err. after scaling", "cov. err. isotonic"]
+                  "coverage error", "mean σ", "s_fit", "s_test", "cov. err. before", "after ×s_fit",
+                  "after isotonic"]
+#: Header groups above SUMMARY_HEADER: (title, number of columns).
+SUMMARY_GROUPS = [("", 1), ("all test maps", 10), ("fit", 1), ("the maps recalibration is judged on", 4)]
+
+
+def _toc(sections: list[dict], comparison_rows: list, comparison_figs: list[_Figure]) -> list[dict]:
+    """Table of contents: one entry per ``h2`` (its ``id``) with its subsections and figures."""
+    toc = []
+    if comparison_rows:
+        toc.append({"id": "comparison", "title": "Comparison of methods",
+                    "sub": [{"id": fg.anchor, "title": fg.title} for fg in comparison_figs]})
+    for s in sections:
+        sub = []
+        if s["pred"].task == "regression":
+            sub += [{"id": f"{s['id']}-{k}", "title": t} for k, t in
+                    (("verdict", "Verdict"), ("summary", "Summary"), ("joint", "Joint calibration"))]
+            if "exact" in s["metrics"]:
+                sub.append({"id": f"{s['id']}-exact", "title": "Against the exact posterior"})
+        else:
+            sub.append({"id": f"{s['id']}-classification", "title": "Classification"})
+        sub += [{"id": fg.anchor, "title": fg.title} for fg in s["figures"]]
+        toc.append({"id": s["id"], "title": s["label"], "sub": sub})
+    return toc
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
@@ -443,11 +496,17 @@ def build_report(
         for fg in fig_list:
             fg.file = f"figures/{slug}_{fg.key}.png"
         blocks.append(m)
+        for fg in fig_list:
+            fg.dpi = dpi
+        single_net = pred.task == "regression" and not np.any(pred.std_epistemic > 0)
         sections.append({
-            "label": label, "pred": pred, "metrics": m, "figures": fig_list,
+            "label": label, "pred": pred, "metrics": m, "figures": fig_list, "id": f"m{slug}",
             "verdicts": [v.text for v in verdicts], "statuses": [v.status for v in verdicts],
             "rows": _summary_rows(m) if pred.task == "regression" else [],
             "fit_on": m["recalibrated"].get("fit_on", ""), "val_given": val is not None,
+            "no_epistemic": ("One network and no stochastic passes: the predictive has no epistemic part (no spread "
+                             "between networks), so all of its width is aleatoric and there is no split to draw."
+                             if single_net else ""),
         })
 
     comparison_figs: list[_Figure] = []
@@ -461,6 +520,7 @@ def build_report(
                     cells = [_fmt(d.get(k)) for k in ("rmse", "r2", "nll", "crps", "chi2", "coverage_error",
                                                       "mean_std")]
                     cells += [_fmt(d["coverage"].get("0.68")), _fmt(d["coverage"].get("0.95")),
+                              _fmt(b["recalibrated"].get("scale_eval", {}).get(nm)),
                               _fmt(b["recalibrated"]["scale"].get(nm)), _fmt(b["joint"].get("tarp_atc")),
                               _fmt(b["joint"].get("tarp_ks_pvalue"))]
                 comparison_rows.append({"label": b["label"], "param": nm, "cells": cells})
@@ -483,24 +543,28 @@ def build_report(
                                           for b in blocks}, dpi=dpi)))
         for fg in comparison_figs:
             fg.file = f"figures/0_{fg.key}.png"
+            fg.dpi = dpi
 
     doc = dict(blocks[0])
     if len(blocks) > 1:
         doc["comparison"] = blocks
     doc["levels"] = list(levels)
     doc["seed"] = int(seed)
-    doc_json = json.dumps(_jsonable(doc), indent=2, allow_nan=False) + "\n"
+    doc = _jsonable(doc)
+    doc_json = json.dumps(doc, indent=2, allow_nan=False) + "\n"
+    head = headline(doc)
 
     task = preds[0].task
     comparison_header = (["method", "parameter", "accuracy", "log-loss", "Brier", "ECE"] if task == "classification"
                          else ["method", "parameter", "RMSE", "R²", "NLL", "CRPS", "χ²", "coverage error", "mean σ",
-                               "cov 68%", "cov 95%", "scale s", "TARP ATC", "TARP KS p"])
+                               "cov 68%", "cov 95%", "s_test", "s_fit", "TARP ATC", "TARP KS p"])
     html = _render({
         "title": "cosmoinfer calibration report",
         "generated": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        "task": task, "sections": sections, "summary_header": SUMMARY_HEADER,
+        "task": task, "sections": sections, "summary_header": SUMMARY_HEADER, "summary_groups": SUMMARY_GROUPS,
         "comparison_rows": comparison_rows, "comparison_header": comparison_header,
         "comparison_figs": comparison_figs, "levels": levels, "seed": seed, "opts": opts,
+        "headline": head, "toc": _toc(sections, comparison_rows, comparison_figs),
     })
 
     # All computed: now write, figures first, report.html last.

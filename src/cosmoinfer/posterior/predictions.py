@@ -24,7 +24,8 @@ attributes
     ``format_version`` (2), ``param_names`` (list of str), ``method`` (e.g. ``single``,
     ``ensemble``, ``mc_dropout``), ``split`` (e.g. ``test``), ``n_members`` or ``n_samples``;
     optional ``priors`` (JSON list of :meth:`Prior.to_dict`), ``task`` (``regression`` default,
-    or ``classification``).
+    or ``classification``), ``run`` (JSON object of :func:`cosmoinfer.provenance.run_details`:
+    what was trained, on what, for how long; read into ``Predictions.run``, ``None`` when absent).
 
 Classification predictions (a Bernoulli head) have ``task="classification"``, ``truth (N, 1)``
 in {0, 1}, ``mean (N, 1)`` the predicted probability and ``std = sqrt(p (1 − p))``.
@@ -84,6 +85,8 @@ class Predictions:
     path: str | None = None
     #: Consistency notes found while reading (shown in the report, never fatal).
     warnings: list[str] = field(default_factory=list)
+    #: What was trained, on what, and what was evaluated (the ``run`` attribute; None in older files).
+    run: dict[str, Any] | None = None
     #: The whole predictive distribution (None only for classification).
     predictive: MixturePredictive | SamplePredictive | None = None
     format_version: int = FORMAT_VERSION
@@ -574,14 +577,29 @@ def _validate(path: Path, data: dict[str, np.ndarray], attrs: dict[str, Any]) ->
     for k in ("method", "split"):
         if k not in attrs:
             warnings.append(f"attribute '{k}' missing; using 'unknown'")
+    run = _run_attr(attrs.get("run"), warnings)
     return Predictions(
         truth=truth, mean=mean, std=std, std_aleatoric=alea, std_epistemic=epi,
         sim_id=sid.astype(np.int64), param_names=names,
         method=str(attrs.get("method", "unknown")), split=str(attrs.get("split", "unknown")), task=task,
         member_mean=member_mean, member_std=member_std, cov=cov,
         n_members=int_attr("n_members"), n_samples=int_attr("n_samples"), priors=priors,
-        extra=extra, attrs=attrs, path=str(path), warnings=warnings,
+        extra=extra, attrs=attrs, path=str(path), warnings=warnings, run=run,
     )
+
+
+def _run_attr(raw, warnings: list[str]) -> dict | None:
+    """The ``run`` attribute (JSON text) as a dict; None when absent, a warning when unreadable."""
+    if raw is None:
+        return None
+    try:
+        run = json.loads(raw) if isinstance(raw, str) else raw
+    except ValueError:
+        run = None
+    if not isinstance(run, dict):
+        warnings.append("attribute 'run' is not a JSON object; run details ignored")
+        return None
+    return run
 
 
 def _check_exact_grid(path: Path, g, n: int) -> dict:
