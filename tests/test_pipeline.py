@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import h5py
 import pytest
@@ -137,9 +140,58 @@ def test_pipeline_fresh_redoes_everything_and_a_second_pipeline_is_refused(tmp_p
     assert r.returncode == 0, r.stderr[-2000:]
     assert "[pipeline] 5 of 5 stages run, 0 reused" in r.stdout, r.stdout
     assert (out / "members" / "0" / "checkpoints" / "best.ckpt").stat().st_mtime != mtime
+    # one more member and the ensemble: member 1 is trained, the ensemble evaluated, the rest reused
+    r = run([*args, "pipeline.members=2", "pipeline.methods=[single,ensemble]"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    ran = sorted(k for k, v in _stage_lines(r.stdout).items() if v.startswith("ran in"))
+    assert ran == ["evaluate ensemble test", "evaluate ensemble val", "report", "train member 1"], r.stdout
+    with h5py.File(out / "predictions" / "ensemble" / "test" / "predictions.h5") as f:
+        assert int(f.attrs["n_members"]) == 2
     # another pipeline holding the folder: one line, exit 2, nothing touched
     with FolderLock(out):
         r = run(args, tmp_path)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
     assert len(err) == 1 and "another cosmoinfer-pipeline" in err[0] and str(out) in err[0], r.stderr
+
+
+def _processes_mentioning(text: str) -> list[int]:
+    pids = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if text in (d / "cmdline").read_bytes().decode(errors="replace"):
+                    pids.append(int(d.name))
+            except OSError:
+                pass
+    return pids
+
+
+def _alive(pid: int) -> bool:
+    """Running (not gone, not a zombie waiting for its dead parent's reaper)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the parent-death signal is Linux's")
+def test_killing_the_pipeline_leaves_no_live_child(tmp_path):
+    out = tmp_path / "killed"
+    args = [sys.executable, "-m", "cosmoinfer.cli.pipeline", "experiment=quickstart", f"out_dir={out}",
+            "pipeline.simulate.n_sims=12", "pipeline.members=1", "pipeline.methods=[single]",
+            "trainer.max_epochs=100000", "callbacks.early_stopping=null", "model.hidden=4", f"hydra.run.dir={tmp_path / 'h'}"]
+    proc = subprocess.Popen(args, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env=dict(os.environ, OMP_NUM_THREADS="1"))
+    log = out / "logs" / "train_0.log"
+    deadline = time.time() + 300
+    while time.time() < deadline and not (log.is_file() and "epoch 1/100000" in log.read_text()):
+        time.sleep(0.5)
+    children = [p for p in _processes_mentioning(f"out_dir={out / 'members' / '0'}") if p != proc.pid]
+    assert children, "the training stage did not start"
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.time() + 15  # the child trains for hours unless it is stopped
+    while time.time() < deadline and any(_alive(p) for p in children):
+        time.sleep(0.5)
+    assert [p for p in children if _alive(p)] == []
