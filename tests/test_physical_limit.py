@@ -93,7 +93,7 @@ def test_every_scale_builds_a_consistent_task_graph(tmp_path, scale):
     tasks = pl.all_tasks(tmp_path, pl.scale_config(scale), pl.PARTS)
     names = {t.name for t in tasks}
     assert len(names) == len(tasks)
-    assert all(d in names for t in tasks for d in t.deps)
+    assert all(d.name in names for t in tasks for d in t.inputs)
     cross = [t for t in tasks if t.name.startswith("cross evaluate")]
     assert cross and all("split=all" in t.args and "data.suite=SynthSIMBA" in t.args for t in cross)
     # every CNN is evaluated with test-time augmentation (member 0 also without), no baseline is
@@ -213,12 +213,15 @@ def test_joint_figures_of_the_exact_posterior_and_of_a_wider_one(tmp_path):
     out = {}
     for name, s in (("exact", 1.0), ("wide", 1.5)):
         q = MixturePredictive.from_gaussians(x[:, None], (s * sd[:, None]) ** 2, bij, ["Omega_m", "sigma_8"])
-        path = write_predictions(tmp_path / f"{name}.h5", truth=theta, mean=x, std=s * sd, std_aleatoric=s * sd,
-                                 std_epistemic=0 * sd, sim_id=np.repeat(np.arange(n_sims), per),
-                                 param_names=["Omega_m", "sigma_8"], method="single", split="test", priors=priors,
-                                 extra_datasets={"exact_log_prob": lp, "exact_hpd": exact.hpd_credibility(theta, rng)},
+        path = write_predictions(tmp_path / f"{name}.h5", truth=theta, mean=x, std=s * sd,
+                                 std_aleatoric=s * sd, std_epistemic=0 * sd,
+                                 sim_id=np.repeat(np.arange(n_sims), per), param_names=["Omega_m", "sigma_8"],
+                                 method="single", split="test", priors=priors,
+                                 extra_datasets={"exact_log_prob": lp,
+                                                 "exact_hpd": exact.hpd_credibility(theta, rng)},
                                  predictive=q)
-        out[name] = pl.joint_figures(read_predictions(path), "baseline_" if name == "wide" else "", exact=True)
+        out[name] = pl.joint_figures(read_predictions(path), "baseline_" if name == "wide" else "",
+                                     exact=True)
     ex, wide = out["exact"], out["wide"]
     assert abs(ex["expected_kl"]) < 1e-6 and ex["expected_kl_lo"] <= 1e-9 and ex["expected_kl_hi"] >= -1e-9
     assert abs(ex["nll"] - ex["exact_nll"]) < 1e-6
@@ -227,3 +230,54 @@ def test_joint_figures_of_the_exact_posterior_and_of_a_wider_one(tmp_path):
     assert abs(wide["baseline_nll"] - wide["exact_nll"] - wide["baseline_expected_kl"]) < 1e-4
     assert ex["hpd_coverage_error"] < 0.1 and wide["baseline_hpd_coverage_error"] > ex["hpd_coverage_error"]
 
+
+
+
+def test_stage_graph_runs_in_parallel_records_failures_and_redoes_what_changed(tmp_path, capsys):
+    """The benchmark's runner (StageRunner.run_graph): independent stages run at once, in their cwd and
+    environment; a failed stage's dependents are skipped while the others run; a rerun reuses what
+    finished, and a changed configuration redoes the stage and everything downstream."""
+    from cosmoinfer.errors import InputError
+    from cosmoinfer.stages import FolderLock, Stage, StageRunner
+
+    (tmp_path / "toy_stage.py").write_text(  # found by python -m in the stage's cwd
+        "import os, pathlib, sys, time\n"
+        "out = pathlib.Path(sys.argv[1]); out.mkdir(parents=True, exist_ok=True)\n"
+        "t0 = time.time(); time.sleep(float(sys.argv[2]))\n"
+        "(out / 'times.txt').write_text(f'{t0} {time.time()}')\n"
+        "if sys.argv[3] == 'fail':\n    print('error: it failed on purpose'); sys.exit(2)\n"
+        "(out / 'done.txt').write_text(os.environ['TOY'])\n")
+    out = tmp_path / "out"
+
+    def stage(name, inputs=(), how="ok", sleep=0.0, value=1):
+        return Stage(name=name, module="toy_stage", config_name="toy",
+                     args=[str(out / name), str(sleep), how], folder=out / name,
+                     log_file=out / "logs" / f"{name}.log", out=out, inputs=list(inputs),
+                     outputs=("done.txt",), env={"TOY": name}, cwd=tmp_path, _config={"value": value})
+
+    def graph(c_value=1):
+        a, b = stage("a", sleep=1.0), stage("b", how="fail", sleep=1.0)
+        c = stage("c", [a], value=c_value)
+        return [a, b, c, stage("d", [b]), stage("e"), stage("f", [c])]
+
+    failed = StageRunner(progress=False).run_graph(graph(), jobs=2)
+    assert failed == {"b": "it failed on purpose", "d": "skipped: b failed"}
+    assert sorted(p.parent.name for p in out.glob("*/done.txt")) == ["a", "c", "e", "f"]
+    assert (out / "a" / "done.txt").read_text() == "a"  # the stage's environment
+    (a0, a1), (b0, b1) = ([float(x) for x in (out / n / "times.txt").read_text().split()] for n in "ab")
+    assert b0 < a1 and a0 < b1  # a and b ran at once
+    assert json.loads((out / "b" / ".stage.json").read_text())["status"] == "running"
+    capsys.readouterr()
+    # rerun: what finished is reused, the failed stage is tried again; c's configuration changed: c, f redone
+    runner = StageRunner(progress=False)
+    assert runner.run_graph(graph(c_value=2), jobs=1) == failed
+    lines = capsys.readouterr().out
+    assert "[a] reused" in lines and "[e] reused" in lines
+    assert "[c] ran in" in lines and "configuration changed: value 1 -> 2" in lines
+    assert "[f] ran in" in lines and "input changed: c" in lines
+    assert sorted(n for n, what, _ in runner.summary if what == "ran") == ["c", "f"]
+    # a second run into the same folder stops at once, naming the holder
+    with FolderLock(out, holder="python -m pipelines.physical_limit", option="--out"):
+        with pytest.raises(InputError, match=r"another python -m pipelines.physical_limit \(pid \d+\) is "):
+            with FolderLock(out):
+                pass

@@ -17,6 +17,11 @@ so nothing computed under one configuration is reused under another.
 
 While a stage runs, its output goes to a log file; on a terminal one status line shows the
 elapsed time and the last progress line of the log (training epochs, evaluation batches).
+
+:meth:`StageRunner.run` runs one stage (stopping at the first failure);
+:meth:`StageRunner.run_graph` runs a list of stages as a dependency graph, several at a time,
+carrying on past a failed stage (its dependents are skipped) and returning what failed.
+:class:`FolderLock` keeps a second run out of the folder.
 """
 
 from __future__ import annotations
@@ -30,7 +35,9 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +108,8 @@ class Stage:
     ``inputs`` the stages whose outputs it reads; ``resumable`` whether a run interrupted under the
     same fingerprint may continue in its folder (training with ``resume=true``); ``outputs`` glob
     patterns (relative to ``folder``) each of which must match a file for the stage to be reused.
+    ``env`` (variables added to the environment) and ``cwd`` (default: the current folder) are how
+    the process runs, not what it computes: they are not part of the fingerprint.
     """
 
     name: str
@@ -113,6 +122,8 @@ class Stage:
     inputs: list["Stage"] = field(default_factory=list)
     resumable: bool = False
     outputs: tuple[str, ...] = ()
+    env: dict[str, str] | None = None
+    cwd: Path | None = None
     _config: dict | None = field(default=None, repr=False)
 
     @property
@@ -178,6 +189,7 @@ class StageRunner:
     def __init__(self, progress: bool | None = None):
         self.progress = sys.stdout.isatty() if progress is None else progress
         self.summary: list[tuple[str, str, float]] = []  # (stage, "ran" | "reused", seconds)
+        self.failed: dict[str, str] = {}  # run_graph: stage -> why it failed or was skipped
 
     def _decide(self, stage: Stage) -> tuple[str, str]:
         """:meth:`Stage.decision`, except that a stage whose input was redone in this run is redone too."""
@@ -192,19 +204,12 @@ class StageRunner:
         return {name for name, what, _ in self.summary if what == "ran"}
 
     def run(self, stage: Stage) -> None:
-        action, why = self._decide(stage)
-        if action == "reuse":
-            print(f"[{stage.name}] reused ({why})", flush=True)
-            self.summary.append((stage.name, "reused", 0.0))
+        """Reuse, resume or run ``stage``; raises ``InputError`` if it fails."""
+        begun = self._begin(stage, announce=not self.progress)  # on a terminal the status line shows it
+        if begun is None:
             return
-        if action == "run" and stage.folder.exists():
-            shutil.rmtree(stage.folder)  # nothing computed under another configuration survives
+        action, why = begun
         verb = "resumed" if action == "resume" else "ran"
-        if not self.progress:  # on a terminal the status line shows it instead
-            print(f"[{stage.name}] {'resuming' if action == 'resume' else 'running'} ({why}); "
-                  f"log: {stage.log_file}", flush=True)
-        stage.folder.mkdir(parents=True, exist_ok=True)
-        stage._write_record("running")
         seconds = self._execute(stage)
         stage._write_record("done", seconds)
         print(f"[{stage.name}] {verb} in {fmt_seconds(seconds)} ({why})", flush=True)
@@ -230,7 +235,8 @@ class StageRunner:
             todo.append(s)
         if not todo:
             return
-        group = Stage(name=", ".join(s.name for s in todo), module=todo[0].module, config_name=todo[0].config_name,
+        group = Stage(name=", ".join(s.name for s in todo), module=todo[0].module,
+                      config_name=todo[0].config_name,
                       args=make_args(todo), folder=todo[0].folder.parent, log_file=log_file, out=todo[0].out)
         print(f"[{group.name}] running together; log: {log_file}", flush=True)
         seconds = self._execute(group)
@@ -239,20 +245,117 @@ class StageRunner:
             self.summary.append((s.name, "ran", seconds))
         print(f"[{group.name}] ran in {fmt_seconds(seconds)}", flush=True)
 
-    def _execute(self, stage: Stage) -> float:
-        """Run the stage's subprocess; its output goes to its log. Raises ``InputError`` if it fails."""
+    def run_graph(self, stages: list[Stage], jobs: int = 1) -> dict[str, str]:
+        """Run ``stages`` in dependency order, ``jobs`` at a time; returns ``{stage: why}`` of the failed.
+
+        A stage starts when each of its ``inputs`` that is among ``stages`` (by name) has finished,
+        ran or reused; inputs outside ``stages`` are taken as they are (their fingerprints still
+        count). Each stage is reused, resumed or redone as in :meth:`run`, and redone when an input
+        was redone in this run. A failed stage does not stop the others: it and every stage
+        downstream of it (``"skipped: <stage> failed"``) are recorded in the returned dict and in
+        ``self.failed``. Interrupted (Ctrl-C, SIGTERM via :func:`terminate_on_sigterm`), it
+        terminates the running stages' processes before it returns. With ``jobs > 1`` there is no
+        status line, only the per-stage lines.
+        """
+        jobs = max(1, int(jobs))
+        names = [s.name for s in stages]
+        if len(set(names)) != len(names):
+            twice = sorted({n for n in names if names.count(n) > 1})
+            raise ValueError(f"stage names must be unique: {twice}")
+        for s in stages:  # compose every configuration now, in this thread (Hydra's state is not for threads)
+            _ = s.fingerprint
+        progress = self.progress and jobs == 1
+        deps = {s.name: [i.name for i in s.inputs if i.name in names] for s in stages}
+        pending = dict(zip(names, stages))
+        finished: set[str] = set()
+        running: dict = {}  # future -> (stage, action, why)
+        stop = threading.Event()
+        with ThreadPoolExecutor(jobs) as pool:
+            try:
+                while pending or running:
+                    progressed = True
+                    while progressed:  # a reused stage may free its dependents at once
+                        progressed = False
+                        for name, s in list(pending.items()):
+                            bad = [d for d in deps[name] if d in self.failed]
+                            if bad:
+                                del pending[name]
+                                self.failed[name] = f"skipped: {bad[0]} failed"
+                                print(f"[{name}] skipped ({bad[0]} failed)", flush=True)
+                                progressed = True
+                            elif len(running) < jobs and all(d in finished for d in deps[name]):
+                                del pending[name]
+                                progressed = True
+                                begun = self._begin(s, announce=not progress)
+                                if begun is None:
+                                    finished.add(name)
+                                else:
+                                    running[pool.submit(self._execute, s, progress, stop)] = (s, *begun)
+                    if not running:
+                        for name in pending:  # nothing can start: a dependency cycle
+                            self.failed[name] = "dependency cycle"
+                            print(f"[{name}] skipped (dependency cycle)", flush=True)
+                        break
+                    done, _ = wait(list(running), return_when=FIRST_COMPLETED)
+                    for fut in done:
+                        s, action, why = running.pop(fut)
+                        try:
+                            seconds = fut.result()
+                        except Exception as err:  # record it, run the others
+                            self.failed[s.name] = str(err).removeprefix(f"stage {s.name} failed: ")
+                            print(f"[{s.name}] FAILED: {self.failed[s.name]}", flush=True)
+                            continue
+                        s._write_record("done", seconds)
+                        verb = "resumed" if action == "resume" else "ran"
+                        print(f"[{s.name}] {verb} in {fmt_seconds(seconds)} ({why})", flush=True)
+                        self.summary.append((s.name, "ran", seconds))
+                        finished.add(s.name)
+            except BaseException:
+                stop.set()  # the worker threads terminate their processes; the pool waits for them
+                raise
+        return {k: v for k, v in self.failed.items() if k in names}
+
+    def _begin(self, stage: Stage, announce: bool = True) -> tuple[str, str] | None:
+        """Decide ``stage``: reused, say so and give None; else empty its folder, give ``(action, why)``."""
+        action, why = self._decide(stage)
+        if action == "reuse":
+            print(f"[{stage.name}] reused ({why})", flush=True)
+            self.summary.append((stage.name, "reused", 0.0))
+            return None
+        if action == "run" and stage.folder.exists():
+            shutil.rmtree(stage.folder)  # nothing computed under another configuration survives
+        if announce:
+            print(f"[{stage.name}] {'resuming' if action == 'resume' else 'running'} ({why}); "
+                  f"log: {stage.log_file}", flush=True)
+        stage.folder.mkdir(parents=True, exist_ok=True)
+        stage._write_record("running")
+        return action, why
+
+    def _execute(self, stage: Stage, progress: bool | None = None,
+                 stop: threading.Event | None = None) -> float:
+        """Run the stage's subprocess; its output goes to its log. Raises ``InputError`` if it fails.
+
+        ``progress``: show the status line (default ``self.progress``); ``stop``: an event that, once
+        set, terminates the process (how :meth:`run_graph` stops the stages running in its threads).
+        """
+        progress = self.progress if progress is None else progress
         cmd = [sys.executable, "-m", stage.module, *stage.args]
         stage.log_file.parent.mkdir(parents=True, exist_ok=True)
         t0 = time.time()
         with open(stage.log_file, "w") as fh:
             fh.write(" ".join(cmd) + "\n")
             fh.flush()
-            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, env=dict(os.environ),
+            # the parent-death signal goes with the thread that starts the child: run_graph's worker
+            # threads wait for their stage's process, so it outlives none of them
+            proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=stage.cwd,
+                                    env={**os.environ, **(stage.env or {})},
                                     preexec_fn=_die_with_parent if sys.platform.startswith("linux") else None)
             try:
                 while proc.poll() is None:
                     time.sleep(0.5)
-                    if self.progress:
+                    if stop is not None and stop.is_set():
+                        break
+                    if progress:
                         self._status(stage, time.time() - t0)
             finally:  # killed or interrupted: never leave the stage's process running on its own
                 if proc.poll() is None:
@@ -262,12 +365,13 @@ class StageRunner:
                     except subprocess.TimeoutExpired:
                         proc.kill()
                         proc.wait()
-                if self.progress:
+                if progress:
                     print("\r\033[K", end="", flush=True)
         if proc.returncode != 0:
             text = stage.log_file.read_text(errors="replace").splitlines()
             errors = [ln for ln in text if ln.startswith("error:")]
-            msg = errors[-1][len("error: "):] if errors else f"exited with status {proc.returncode}; see {stage.log_file}"
+            msg = (errors[-1][len("error: "):] if errors
+                   else f"exited with status {proc.returncode}; see {stage.log_file}")
             raise InputError(None, f"stage {stage.name} failed: {msg}")
         return time.time() - t0
 
@@ -289,7 +393,7 @@ class StageRunner:
 
 
 def _die_with_parent() -> None:
-    """In the child, before exec: receive SIGTERM when the pipeline's process dies, even by SIGKILL (Linux)."""
+    """In the child, before exec: get SIGTERM when the pipeline's process dies, even by SIGKILL (Linux)."""
     import ctypes
 
     PR_SET_PDEATHSIG = 1
@@ -297,10 +401,15 @@ def _die_with_parent() -> None:
 
 
 class FolderLock:
-    """An exclusive lock on a run folder: a second pipeline into the same folder fails at once."""
+    """An exclusive lock on a run folder: a second pipeline into the same folder fails at once.
 
-    def __init__(self, folder: Path):
+    ``holder`` names this program in the lock file, so the refused run's one-line error names the
+    program and pid holding the folder; ``option`` is the setting that chose the folder.
+    """
+
+    def __init__(self, folder: Path, holder: str = "cosmoinfer-pipeline", option: str = "out_dir"):
         self.path = Path(folder) / ".pipeline.lock"
+        self.holder, self.option = holder, option
         self.fh = None
 
     def __enter__(self):
@@ -312,13 +421,15 @@ class FolderLock:
             fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             self.fh.seek(0)
-            pid = self.fh.read().strip() or "?"
+            pid, _, holder = self.fh.read().strip().partition(" ")
             self.fh.close()
-            raise InputError(self.path.parent, f"another cosmoinfer-pipeline (pid {pid}) is running in this "
-                                               "folder; wait for it or choose another out_dir") from None
+            holder = holder or "cosmoinfer-pipeline"  # lock files of older versions hold the pid only
+            what = (f"another {holder} (pid {pid or '?'}) is running in this folder; "
+                    f"wait for it or choose another {self.option}")
+            raise InputError(self.path.parent, what) from None
         self.fh.seek(0)
         self.fh.truncate()
-        self.fh.write(str(os.getpid()))
+        self.fh.write(f"{os.getpid()} {self.holder}")
         self.fh.flush()
         return self
 

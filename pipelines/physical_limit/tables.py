@@ -1,0 +1,307 @@
+"""The benchmark's section of ``benchmarks/RESULTS.md``: markdown tables of the JSON figures.
+
+:func:`render_section` writes the section "## Physical limit (statistical benchmark)" from the
+results JSON and the run record; :func:`update_results_md` puts it in place of the old one (the
+other sections untouched), keeping the hand-written ``### Notes`` (:func:`old_notes`).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import subprocess
+from pathlib import Path
+
+from cosmoinfer.errors import atomic_write_text
+from pipelines.physical_limit.tasks import CROSS, MULTI_FIELDS
+
+SECTION = "## Physical limit (statistical benchmark)"
+TARGETS = {"efficiency": 0.97, "std_ratio": 0.05, "mean_shift": 0.2, "coverage_error_recalibrated": 0.02,
+           "train_minutes": 20.0, "camels_gain": 0.10}
+_GRF_MODEL = {"grf_fisher": "CNN (default, member 0), TTA", "grf_fisher_ensemble": "CNN ensemble, TTA",
+              "grf_fisher_no_tta": "CNN (default, member 0), no TTA"}
+
+
+def _f(x, digits=3) -> str:
+    if x is None:
+        return "—"
+    return f"{x:.2e}" if 0 < abs(x) < 1e-3 else f"{x:.{digits}f}"
+
+
+def _mark(ok) -> str:
+    return "" if ok is None else (" ✓" if ok else " ✗")
+
+
+def _check(x, ok) -> str:
+    """``_f(x)`` and its target mark: ``ok(x)``, none when ``x`` is missing."""
+    return _f(x) + _mark(None if x is None else ok(x))
+
+
+def _gain(d: dict, ok=None) -> str:
+    """``+7.2% [−3.1, +16.0] ✗``: the CNN's RMSE gain, its bootstrap interval and the target mark."""
+    g, lo, hi = d.get("rmse_gain"), d.get("rmse_gain_lo"), d.get("rmse_gain_hi")
+    if g is None:
+        return "—"
+    ci = "" if lo is None or hi is None else f" [{100 * lo:+.1f}, {100 * hi:+.1f}]"
+    return f"{100 * g:+.1f}%{ci}{_mark(ok)}"
+
+
+def _ci(d: dict, pre: str) -> str:
+    """`` [low, high]`` of the isotonic coverage error's bootstrap interval, if recorded."""
+    lo, hi = d.get(pre + "coverage_error_isotonic_ci_low"), d.get(pre + "coverage_error_isotonic_ci_high")
+    return "" if lo is None or hi is None else f" [{_f(lo)}, {_f(hi)}]"
+
+
+def _grf_row(exp: str, nm: str, model: str, d: dict, pre: str) -> str:
+    """One network's row of :func:`grf_table` (keys of ``d`` prefixed ``pre``)."""
+    def g(k):
+        return d.get(pre + k)
+
+    recal = TARGETS["coverage_error_recalibrated"]
+    minutes = g("train_minutes")
+    timed = None if pre or exp != "grf_fisher" or minutes is None else minutes <= TARGETS["train_minutes"]
+    cells = [exp, nm, model,
+             _check(g("efficiency"), lambda x: x >= TARGETS["efficiency"]),
+             _check(g("std_ratio_median"), lambda x: abs(x - 1) <= TARGETS["std_ratio"]),
+             _check(g("mean_shift"), lambda x: x <= TARGETS["mean_shift"]),
+             _f(g("coverage_error")),
+             _check(g("coverage_error_recalibrated"), lambda x: x <= recal),
+             _check(g("coverage_error_isotonic"), lambda x: x <= recal) + _ci(d, pre),
+             _f(g("rmse"), 4),
+             _f(minutes, 1) + _mark(timed)]
+    return "| " + " | ".join(cells) + " |"
+
+
+def grf_table(results: dict) -> list[str]:
+    rows = ["| experiment | parameter | model | efficiency | median std ratio | mean shift | coverage err. | "
+            "coverage err. recal. (variance scaling) | "
+            "coverage err. recal. (isotonic) [95% sim. bootstrap] | RMSE | train min |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
+    exps = [e for e in results if e.startswith("grf_fisher")]
+    for exp in exps:
+        for nm, d in results.get(exp, {}).items():
+            if nm == "joint":  # whole-predictive figures: grf_joint_table
+                continue
+            models = [("", _GRF_MODEL.get(exp, "CNN"))]
+            if exp == "grf_fisher":
+                models += [("baseline_", "PS baseline"), ("exact_", "exact posterior (Gaussian summary)")]
+            for pre, model in models:
+                if pre == "exact_":
+                    rows.append(f"| {exp} | {nm} | {model} | 1 | 1 | 0 | "
+                                f"{_f(d.get('exact_coverage_error'))} | "
+                                f"{_f(d.get('exact_coverage_error_recalibrated'))} | "
+                                f"{_f(d.get('exact_coverage_error_isotonic'))}{_ci(d, 'exact_')} | "
+                                f"{_f(d.get('exact_rmse'), 4)} | — |")
+                else:
+                    rows.append(_grf_row(exp, nm, model, d, pre))
+    return rows
+
+
+def grf_joint_table(results: dict) -> list[str]:
+    """Expected KL from the exact posterior, HPD coverage error and joint NLL of each grf model."""
+    rows = ["| experiment | model | expected KL, nats [95% sim. bootstrap] | HPD coverage err. | joint NLL |",
+            "|---|---|---|---|---|"]
+    for exp in (e for e in results if e.startswith("grf_fisher")):
+        j = results[exp].get("joint")
+        if not j:
+            continue
+        models = [("", _GRF_MODEL.get(exp, "CNN"))]
+        if exp == "grf_fisher":
+            models += [("baseline_", "PS baseline"), ("exact_", "exact posterior")]
+        for pre, model in models:
+            if pre == "exact_":
+                rows.append(f"| {exp} | {model} | 0 | {_f(j.get('exact_hpd_coverage_error'))} | "
+                            f"{_f(j.get('exact_nll'))} |")
+                continue
+            kl, lo, hi = (j.get(pre + k) for k in ("expected_kl", "expected_kl_lo", "expected_kl_hi"))
+            ci = "" if lo is None or hi is None else f" [{_f(lo)}, {_f(hi)}]"
+            rows.append(f"| {exp} | {model} | {_f(kl)}{ci} | {_f(j.get(pre + 'hpd_coverage_error'))} | "
+                        f"{_f(j.get(pre + 'nll'))} |")
+    return rows
+
+
+def cnn_ps_table(results: dict, keys) -> list[str]:
+    rows = ["| experiment | parameter | CNN RMSE | PS RMSE | CNN gain [95% CI] | CNN cov. err. (recal.) | "
+            "PS cov. err. (recal.) | CNN train min |", "|---|---|---|---|---|---|---|---|"]
+    for exp in keys:
+        for nm, d in results.get(exp, {}).items():
+            gain = d.get("rmse_gain")
+            judged = gain is not None and nm in ("Omega_m", "sigma_8") and exp.startswith("camels_like_mtot")
+            ok = gain >= TARGETS["camels_gain"] if judged else None
+            rows.append(f"| {exp} | {nm} | {_f(d.get('rmse'), 4)} | {_f(d.get('baseline_rmse'), 4)} | "
+                        f"{_gain(d, ok)} | "
+                        f"{_f(d.get('coverage_error'))} ({_f(d.get('coverage_error_recalibrated'))}) | "
+                        f"{_f(d.get('baseline_coverage_error'))} "
+                        f"({_f(d.get('baseline_coverage_error_recalibrated'))})"
+                        f" | {_f(d.get('train_minutes'), 1)} |")
+    return rows
+
+
+def multifield_table(results: dict) -> list[str]:
+    multi = results.get("camels_like_multifield")
+    if not multi:
+        return []
+    singles = [f for f in MULTI_FIELDS if f"camels_like_single_{f}" in results]
+    rows = ["| parameter | multifield CNN | " + " | ".join(f"{f} CNN" for f in singles)
+            + " | multifield best? |",
+            "|---|---|" + "---|" * len(singles) + "---|"]
+    for nm, d in multi.items():
+        r = [results[f"camels_like_single_{f}"].get(nm, {}).get("rmse") for f in singles]
+        best = min((x for x in r if x is not None), default=None)
+        ok = None if best is None or d.get("rmse") is None else d["rmse"] < best
+        rows.append(f"| {nm} | {_f(d.get('rmse'), 4)} | " + " | ".join(_f(x, 4) for x in r) +
+                    f" | {'—' if ok is None else ('yes' if ok else 'no')} |")
+    return rows
+
+
+def cross_table(results: dict, info: dict) -> list[str]:
+    rows = []
+    verd = (info.get("cross") or {}).get("verdicts", {})
+    for suffix, (cnn, ps) in CROSS.items():
+        d = results.get(f"cross_suite_SynthTNG_to_SynthSIMBA{suffix}")
+        if not d:
+            continue
+        fields = {"": "Mtot", "_Mgas": "Mgas", "_multifield": "Mtot, Mgas, T, Mstar"}.get(suffix, suffix)
+        rows += ([""] if rows else []) + [
+            f"Maps: {fields}.", "",
+            "| parameter | model | RMSE in-suite (TNG test) | RMSE foreign (SIMBA all) | ratio | "
+            "cov. err. in-suite | cov. err. foreign | foreign, recal. on TNG val |",
+            "|---|---|---|---|---|---|---|---|"]
+        for nm, m in d.items():
+            for pre, model in (("", "CNN"), ("baseline_", "PS")):
+                if m.get(pre + "rmse") is None:
+                    continue
+                rows.append(f"| {nm} | {model} | {_f(m.get(pre + 'in_suite_rmse'), 4)} | "
+                            f"{_f(m.get(pre + 'rmse'), 4)} | {_f(m.get(pre + 'rmse_degradation'), 2)} | "
+                            f"{_f(m.get(pre + 'in_suite_coverage_error'))} | "
+                            f"{_f(m.get(pre + 'coverage_error'))} | "
+                            f"{_f(m.get(pre + 'coverage_error_recalibrated'))} |")
+        for name in (cnn, ps):
+            blocks = verd.get(name) if name else None
+            if not blocks:
+                continue
+            rows += ["", f"Report verdicts ({name}, recalibration fitted on SynthTNG val):"]
+            if "error" in blocks:
+                rows.append(f"- report failed: {blocks['error']}")
+                continue
+            for label, vs in blocks.items():
+                for v in vs.values():
+                    rows.append(f"- {label}: **{v.get('status')}** — {v.get('text')}")
+    return rows
+
+
+def sweep_table(results: dict) -> list[str]:
+    keys = [k for k in results if k.startswith("sweep_")]
+    if not keys:
+        return []
+    rows = ["| non-Gaussianity | parameter | CNN RMSE | PS RMSE | CNN gain [95% CI] |",
+            "|---|---|---|---|---|"]
+    for k in sorted(keys, key=lambda k: float(k.rsplit("_", 1)[1])):
+        for nm, d in results[k].items():
+            rows.append(f"| {k[len('sweep_'):].replace('_', ' ')} | {nm} | {_f(d.get('rmse'), 4)} | "
+                        f"{_f(d.get('baseline_rmse'), 4)} | {_gain(d)} |")
+    return rows
+
+
+def machine() -> str:
+    model = platform.processor() or "unknown CPU"
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+        m = re.search(r"Model name:\s*(.+)", out)
+        model = m.group(1).strip() if m else model
+    except OSError:
+        pass
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def _grf_section(results: dict, info: dict) -> list[str]:
+    g = grf_table(results)
+    if len(g) <= 2:
+        return []
+    fit = info.get("recalibration_fit") or {k: f"{v} val maps" for k, v in info.get("n_val", {}).items()}
+    L = ["### grf_fisher: networks against the exact posterior", "",
+         f"Targets: efficiency ≥ {TARGETS['efficiency']}, "
+         f"median std ratio within 1 ± {TARGETS['std_ratio']}, "
+         f"mean shift ≤ {TARGETS['mean_shift']}, coverage error after recalibration ≤ "
+         f"{TARGETS['coverage_error_recalibrated']}, default network trained within "
+         f"{TARGETS['train_minutes']:.0f} min (✓/✗ per figure). "
+         f"Test maps: {info.get('n_test', {})}; recalibrations fitted on {fit} "
+         "(calibration maps: fresh simulations of their own seed, evaluated like test).", ""]
+    L += g
+    jt = grf_joint_table(results)
+    if len(jt) > 2:
+        L += ["", "The whole predictive against the exact posterior (test maps): expected KL divergence from "
+              "the exact posterior (mean of log p_exact − log q at the truth), coverage error of the "
+              "highest-density regions, joint NLL (the exact posterior's is the floor; NLL − exact NLL = "
+              "expected KL).", ""] + jt
+    mem = (info.get("grf") or {}).get("members", [])
+    if mem:
+        base = info["grf"]["baseline"]
+        L += ["", "Training: " + "; ".join(
+            f"member {m['member']}: {_f(m['minutes'], 1)} min, {m['epochs']} epochs" for m in mem) +
+            f"; PS baseline: {_f(base['minutes'], 1)} min, {base['epochs']} epochs."]
+    return L + [""]
+
+
+def render_section(results: dict, info: dict, notes: str) -> str:
+    L = [SECTION, ""]
+    L += [f"Last run: {info['date']} on {info['machine']}; command `{info['command']}` "
+          f"(scale `{info['scale']}`, parts {', '.join(info['parts'])}, {info['jobs']} stages at a time with "
+          f"{info['threads']} thread(s) each; wall time of this invocation {info['wall_minutes']:.1f} min). "
+          "Times are wall clock on a machine shared with other jobs, so they are upper bounds. "
+          "Figures: `benchmarks/results/physical_limit.json`.", ""]
+    if info.get("parts_run"):
+        L += ["Each part's last run (scale, date): " +
+              "; ".join(f"{p}: {v}" for p, v in sorted(info["parts_run"].items())) + ".", ""]
+    if info.get("failed"):
+        L += ["Failed or skipped stages: " + "; ".join(f"`{k}`: {v}" for k, v in info["failed"].items()), ""]
+    L += _grf_section(results, info)
+    c = cnn_ps_table(results, ["camels_like_mtot", "camels_like_multifield"] +
+                     [f"camels_like_single_{f}" for f in MULTI_FIELDS])
+    if len(c) > 2:
+        L += ["### camels_like: CNN vs power-spectrum baseline", "",
+              f"Target: CNN RMSE ≥ {100 * TARGETS['camels_gain']:.0f}% below the PS baseline on Omega_m and "
+              "sigma_8 (Mtot). Coverage errors before (after) variance scaling fitted on val.", ""] + c + [""]
+        mf = multifield_table(results)
+        if mf:
+            L += ["Multifield (Mtot, Mgas, T, Mstar as channels) vs a CNN on each single field, "
+                  "same parameters and data (test RMSE):", ""] + mf + [""]
+    x = cross_table(results, info)
+    if x:
+        L += ["### Cross-suite: trained on SynthTNG, tested on every SynthSIMBA map", ""] + x + [""]
+    s = sweep_table(results)
+    if s:
+        L += ["### Non-Gaussianity sweep (Mtot, `simulator.lognormal_amplitude`)", ""] + s + [""]
+    L += ["### Notes", "", notes.strip() or "(none)", ""]
+    return "\n".join(L)
+
+
+def update_results_md(path: Path, section: str) -> None:
+    """Replace the physical-limit section of ``path`` (up to the next ``## `` heading); others untouched."""
+    text = path.read_text() if path.is_file() else ""
+    i = text.find(SECTION)
+    if i < 0:
+        text = (text.rstrip() + "\n\n" if text.strip() else "") + section.rstrip() + "\n"
+    else:
+        nxt = re.search(r"^## ", text[i + len(SECTION):], flags=re.M)
+        end = len(text) if nxt is None else i + len(SECTION) + nxt.start()
+        tail = text[end:]
+        text = text[:i] + section.rstrip() + "\n" + ("\n" + tail if tail else "")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, text)
+
+
+def old_notes(path: Path) -> str:
+    """The hand-written ``### Notes`` of the existing section (kept across reruns)."""
+    if not path.is_file():
+        return ""
+    text = path.read_text()
+    i = text.find(SECTION)
+    if i < 0:
+        return ""
+    body = text[i + len(SECTION):]
+    nxt = re.search(r"^## ", body, flags=re.M)
+    body = body if nxt is None else body[:nxt.start()]
+    j = body.find("### Notes")
+    return "" if j < 0 else body[j + len("### Notes"):].strip()

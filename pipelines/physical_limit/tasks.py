@@ -1,0 +1,223 @@
+"""The benchmark's stages: every simulate, train and evaluate run, as :class:`cosmoinfer.stages.Stage`.
+
+Each stage is the real console script (``python -m cosmoinfer.cli.<simulate|train|evaluate>``)
+writing into its own folder under ``--out``; its fingerprint is the composed Hydra configuration
+(``conf/<simulate|train|evaluate>.yaml`` with the stage's overrides) and the fingerprints of the
+stages it reads, so :class:`~cosmoinfer.stages.StageRunner` reuses a stage only when neither changed.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from cosmoinfer.stages import Stage
+from pipelines.physical_limit.scales import REPO
+
+PARTS = ("grf", "camels", "cross", "sweep")
+QUIET = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
+#: evaluate's test-time augmentation: every CNN prediction averaged over the 8 rotations/flips of the map
+TTA = ["tta=true"]
+MULTI_PARAMS = "[Omega_m,sigma_8,A_SN1,A_AGN1]"
+MULTI_FIELDS = ("Mtot", "Mgas", "T", "Mstar")
+#: cross-suite experiments: JSON key suffix -> (CNN, PS baseline or None), camels models trained on SynthTNG
+CROSS = {"": ("mtot_cnn", "mtot_ps"), "_Mgas": ("single_Mgas_cnn", None),
+         "_multifield": ("multifield_cnn", "multifield_ps")}
+CROSS_MODELS = tuple(m for pair in CROSS.values() for m in pair if m)
+#: files each kind of stage leaves in its folder (glob patterns); a stage missing one is redone
+OUTPUTS = {"simulate": ("Maps_*.npy",), "train": ("checkpoints/best.ckpt",), "evaluate": ("predictions.h5",)}
+
+
+def ps_overrides(grid: int, positive: bool) -> list[str]:
+    """The power-spectrum baseline in place of the CNN: linear |k| bins to the grid corner, a 128-unit MLP.
+
+    The bins run to the grid corner (``model.k_max=corner``), so the baseline sees every mode the
+    CNN sees: the ~21% of modes beyond Nyquist carry a good part of the amplitude information (on
+    the grf_fisher maps an MLP on Nyquist-limited bins reached efficiency ~0.88, with the corner
+    bins ~0.94, from the same 21 000 maps). Positive fields (camels_like) also give the baseline
+    the log map mean (``model.include_mean=true``), which the overdensity spectra drop: a Mtot
+    map's mean is ``rho_crit Omega_m L_s`` times the slab density, a near-direct Omega_m measurement
+    that the CNN sees, so without it the CNN-vs-PS gap would be mostly the mean.
+    """
+    out = ["model=ps_mlp", f"model.n_bins={min(32, grid // 2)}", "model.hidden=128", "model.k_max=corner"]
+    if positive:
+        out.append("model.include_mean=true")
+    else:  # GRF delta maps: spectrum of M - mean(M), not of M / mean(M) - 1
+        out.append("model.overdensity=false")
+    return out
+
+
+# --------------------------------------------------------------------------- one stage of each kind
+
+
+def _list(xs) -> str:
+    return "[" + ",".join(str(x) for x in xs) + "]"
+
+
+def _stage(name: str, cli: str, args: list[str], folder: Path, out: Path, inputs=()) -> Stage:
+    """``python -m cosmoinfer.cli.<cli> args`` into ``folder``, composed from ``conf/<cli>.yaml``."""
+    return Stage(name=name, module=f"cosmoinfer.cli.{cli}", config_name=cli,
+                 args=[*args, f"hydra.run.dir={out / '.hydra_runs' / name.replace(' ', '_')}"],
+                 folder=folder,
+                 log_file=out / "logs" / f"{name.replace(' ', '_').replace('/', '_')}.log", out=out,
+                 inputs=list(inputs), resumable=cli == "train", outputs=OUTPUTS[cli], cwd=REPO)
+
+
+def simulate_task(name: str, folder: Path, out: Path, simulator: str, n_sims: int, grid: int, suites,
+                  fields, extra=(), seed: int = 0) -> Stage:
+    args = [f"simulator={simulator}", f"n_sims={n_sims}", f"grid={grid}", f"seed={seed}",
+            f"suites={_list(suites)}", f"fields={_list(fields)}", "progress=false", f"out_dir={folder}",
+            *extra]
+    return _stage(name, "simulate", args, folder, out)
+
+
+def train_task(name: str, folder: Path, out: Path, experiment: str, data: Stage, seed: int,
+               overrides) -> Stage:
+    """Train ``experiment`` on the maps ``data`` simulated (``resume=true``: an interrupted run continues)."""
+    args = [f"experiment={experiment}", f"seed={seed}", f"out_dir={folder}", "resume=true",
+            f"data.root={data.folder}", *QUIET, *overrides]
+    return _stage(name, "train", args, folder, out, [data])
+
+
+def eval_task(name: str, folder: Path, out: Path, models: list[Stage], split: str, extra=(),
+              data=()) -> Stage:
+    """Evaluate the best checkpoints of the training stages ``models`` (one: single, more: ensemble).
+
+    ``data``: the simulate stages whose maps ``extra`` points ``data.root`` at, if not the training data.
+    """
+    method = "single" if len(models) == 1 else "ensemble"
+    args = [f"evaluator={method}", f"checkpoints={_list(_ckpt(m) for m in models)}", f"split={split}",
+            f"out_dir={folder}", *extra]
+    return _stage(name, "evaluate", args, folder, out, [*models, *data])
+
+
+def _tta(model_name: str) -> list[str]:
+    """Test-time augmentation for the CNNs; none for the power-spectrum baselines (already invariant)."""
+    return TTA if model_name.endswith("cnn") else []
+
+
+def _ckpt(member: Stage) -> str:
+    return str(member.folder / "checkpoints" / "best.ckpt")
+
+
+# --------------------------------------------------------------------------- the parts
+
+
+def grf_tasks(out: Path, sc: dict) -> list[Stage]:
+    g = sc["grf"]
+    root = out / "grf"
+    split = [f"data.split_fractions={g['split']}"] if g["split"] else []
+    sim = simulate_task("grf simulate", root / "data", out, "grf", g["n_sims"], g["grid"], ["GRF"], ["delta"])
+    # the calibration set: fresh simulations (seed 1), every map fits the recalibrations
+    calib = simulate_task("grf simulate calib", root / "calib_data", out, "grf", g["calib_sims"], g["grid"],
+                          ["GRF"], ["delta"], seed=1)
+    members = [train_task(f"grf train cnn {i}", root / "cnn" / "members" / str(i), out, "grf_fisher", sim, i,
+                          [*split, *(g["cnn"] if i == 0 else g["member"])]) for i in range(int(g["members"]))]
+    # the PS baseline keeps the plain NLL (its best recipe): with grf_fisher's beta-NLL it reached
+    # 0.943 / 0.922 efficiency (widths 1.19 / 1.14) against 0.950 / 0.967 (1.01 / 1.02)
+    ps = train_task("grf train ps", root / "ps" / "members" / "0", out, "grf_fisher", sim, 0,
+                    [*split, *ps_overrides(g["grid"], positive=False), "~model.pool", "~model.activation",
+                     "loss.beta=0.0", *g["ps"]])
+    tasks = [sim, calib, *members, ps]
+    exact = [f"exact_grid={g['exact_grid']}"]
+    models = {"cnn_single": ([members[0]], TTA), "cnn_single_no_tta": ([members[0]], []), "ps": ([ps], [])}
+    if len(members) > 1:
+        models["cnn_ensemble"] = (members, TTA)
+    for label, (ms, tta) in models.items():
+        for split_name in ("val", "test"):
+            tasks.append(eval_task(f"grf evaluate {label} {split_name}",
+                                   root / "predictions" / label / split_name, out, ms, split_name,
+                                   [*exact, *tta]))
+        tasks.append(eval_task(f"grf evaluate {label} calib", root / "predictions" / label / "calib", out, ms,
+                               "all", [f"data.root={calib.folder}", *exact, *tta], data=[calib]))
+    return tasks
+
+
+def _camels_models(out: Path, c: dict) -> dict:
+    """name -> (experiment, overrides) of every camels model."""
+    split = [f"data.split_fractions={c['split']}"] if c["split"] else []
+    models = {
+        "mtot_cnn": ("camels_like_mtot", [*split, *c["cnn"]]),
+        "mtot_ps": ("camels_like_mtot", [*split, *ps_overrides(c["grid"], True), *c["ps"]]),
+        "multifield_cnn": ("camels_like_multifield", [*split, *c["cnn"]]),
+        # the baselines keep the plain NLL (as on grf), the multifield CNNs the preset's beta-NLL
+        "multifield_ps": ("camels_like_multifield", [*split, *ps_overrides(c["grid"], True), "loss.beta=0.0",
+                                                     *c["ps"]]),
+    }
+    for f in MULTI_FIELDS:
+        models[f"single_{f}_cnn"] = ("camels_like_multifield", [*split, f"data.fields=[{f}]", *c["cnn"]])
+    return models
+
+
+def camels_tasks(out: Path, sc: dict, cross_only: bool = False) -> list[Stage]:
+    c = sc["camels"]
+    root = out / "camels"
+    sim = simulate_task("camels simulate", root / "data", out, "camels_like", c["n_sims"], c["grid"],
+                        ["SynthTNG", "SynthSIMBA"], list(MULTI_FIELDS))
+    tasks = [sim]
+    models = _camels_models(out, c)
+    if cross_only:
+        models = {k: v for k, v in models.items() if k in CROSS_MODELS}
+    for name, (exp, over) in models.items():
+        train = train_task(f"camels train {name}", root / "models" / name, out, exp, sim, 0, over)
+        tasks.append(train)
+        if not cross_only:
+            for split_name in ("val", "test"):
+                tasks.append(eval_task(f"camels evaluate {name} {split_name}",
+                                       root / "predictions" / name / split_name, out, [train], split_name,
+                                       _tta(name)))
+    return tasks
+
+
+def cross_tasks(out: Path, sc: dict) -> list[Stage]:
+    """Train on SynthTNG (the camels models of ``CROSS``), evaluate on all SynthSIMBA maps."""
+    root = out / "camels"
+    tasks = camels_tasks(out, sc, cross_only=True)
+    sim, trains = tasks[0], {t.name: t for t in tasks}
+    for name in CROSS_MODELS:
+        train = trains[f"camels train {name}"]
+        for split_name in ("val", "test"):  # in-suite predictions (also made by the camels part)
+            tasks.append(eval_task(f"camels evaluate {name} {split_name}",
+                                   root / "predictions" / name / split_name, out, [train], split_name,
+                                   _tta(name)))
+        foreign = [f"data.root={sim.folder}", "data.suite=SynthSIMBA", *_tta(name)]
+        tasks.append(eval_task(f"cross evaluate {name} SynthSIMBA", out / "cross" / "predictions" / name, out,
+                               [train], "all", foreign, data=[sim]))
+    return tasks
+
+
+def sweep_tasks(out: Path, sc: dict) -> list[Stage]:
+    s = sc["sweep"]
+    split = [f"data.split_fractions={s['split']}"] if s["split"] else []
+    tasks = []
+    for v in s["values"]:
+        tag = f"{s['knob']}_{v}"
+        root = out / "sweep" / tag
+        sim = simulate_task(f"sweep simulate {tag}", root / "data", out, "camels_like", s["n_sims"],
+                            s["grid"], ["SynthTNG"], ["Mtot"], [f"simulator.{s['knob']}={v}"])
+        tasks.append(sim)
+        for name, over in (("cnn", s["cnn"]), ("ps", [*ps_overrides(s["grid"], True), *s["ps"]])):
+            train = train_task(f"sweep train {name} {tag}", root / "models" / name, out, "camels_like_mtot",
+                               sim, 0, [*split, *over])
+            tasks.append(train)
+            for split_name in ("val", "test"):
+                tasks.append(eval_task(f"sweep evaluate {name} {tag} {split_name}",
+                                       root / "predictions" / name / split_name, out, [train], split_name,
+                                       _tta(name)))
+    return tasks
+
+
+def all_tasks(out: Path, sc: dict, parts, threads: int = 1) -> list[Stage]:
+    """The stages of ``parts``, each once (a stage two parts share, e.g. a camels model, is one stage).
+
+    Every stage runs in the repository with ``threads`` torch/BLAS threads and unbuffered output.
+    """
+    tasks: dict[str, Stage] = {}
+    builders = {"grf": grf_tasks, "camels": camels_tasks, "cross": cross_tasks, "sweep": sweep_tasks}
+    for p in parts:
+        for t in builders[p](out, sc):
+            tasks.setdefault(t.name, t)
+    env = {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONUNBUFFERED": "1"}
+    for t in tasks.values():
+        t.inputs = [tasks.get(i.name, i) for i in t.inputs]  # the kept copy of a stage built twice
+        t.env = dict(env)
+    return list(tasks.values())
