@@ -23,6 +23,16 @@ class InputError(ValueError):
         super().__init__(self.what if self.path is None else f"{self.path}: {self.what}")
 
 
+def file_mode() -> int:
+    """The permissions a new file gets from ``open()`` under the current umask (``0o644`` for umask 022).
+
+    Files made by ``tempfile.mkstemp`` (atomic writes) are ``0o600``; chmod them to this before renaming.
+    """
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
@@ -41,9 +51,7 @@ def atomic_path(path: str | os.PathLike, suffix: str | None = None) -> Iterator[
     tmp_path = Path(tmp)
     try:
         yield tmp_path
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp_path, 0o666 & ~umask)  # mkstemp makes 0600 files; give the usual permissions
+        os.chmod(tmp_path, file_mode())  # mkstemp makes 0600 files; give the usual permissions
         os.replace(tmp_path, path)
     finally:
         if tmp_path.exists():
@@ -54,3 +62,26 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def ensure_writable_dir(path: str | os.PathLike, key: str = "out_dir") -> Path:
+    """Refuse an output folder that cannot be written, before any work is done; returns it as a Path.
+
+    ``path`` may not exist yet (it is created later, by whoever writes there); then its nearest
+    existing ancestor must be a writable folder. Raises :class:`InputError` naming ``key`` (the config
+    key or argument that chose the folder) when ``path`` is an existing file, lies below a file, or
+    the folder that would hold it is not writable (permissions, a read-only file system).
+    """
+    target = Path(os.path.abspath(os.path.expanduser(str(path))))
+    if target.exists() and not target.is_dir():
+        raise InputError(key, f"{target} is a file, not a folder; set {key} to a folder")
+    probe = target
+    while not probe.exists() and probe.parent != probe:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise InputError(key, f"{target} cannot be created: {probe} is a file, not a folder")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        where = "the folder" if probe == target else f"its nearest existing folder {probe}"
+        raise InputError(key, f"{target}: {where} is not writable (permission denied or a read-only file "
+                              f"system); set {key} to a folder you can write to")
+    return target

@@ -14,7 +14,7 @@ from hydra.utils import to_absolute_path
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from cosmoinfer.cli.common import CONF_DIR, guard_input_errors
-from cosmoinfer.errors import InputError
+from cosmoinfer.errors import InputError, ensure_writable_dir
 
 
 def _paths(cfg: DictConfig, key: str, allow_none_items: bool = False):
@@ -40,6 +40,7 @@ def run(cfg: DictConfig) -> Path:
     """Build the report described by ``cfg`` (see ``conf/report.yaml``); returns report.html's path."""
     from cosmoinfer.calibration.report import build_report
 
+    out_dir = ensure_writable_dir(to_absolute_path(str(cfg.out_dir)), "out_dir")
     predictions = _paths(cfg, "predictions")
     val = _paths(cfg, "val_predictions", allow_none_items=True)
     labels = cfg.get("labels")
@@ -49,7 +50,7 @@ def run(cfg: DictConfig) -> Path:
     levels = [float(x) for x in levels] if levels is not None else None
     kwargs = {"levels": levels} if levels is not None else {}
     paths = build_report(
-        predictions, to_absolute_path(str(cfg.out_dir)), val_predictions=val, labels=labels,
+        predictions, str(out_dir), val_predictions=val, labels=labels,
         seed=int(cfg.get("seed", 0)), tarp_refs=int(cfg.get("tarp_refs", 1)),
         n_posterior_samples=int(cfg.get("n_posterior_samples", 500)),
         n_bootstrap=int(cfg.get("n_bootstrap", 100)), dpi=int(cfg.get("dpi", 90)), **kwargs,

@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from cosmoinfer.cli.common import CONF_DIR, guard_input_errors
-from cosmoinfer.errors import InputError
+from cosmoinfer.errors import InputError, ensure_writable_dir
 
 CMD_MAPS_PER_SIM = 15
 
@@ -116,6 +116,7 @@ def simulate(cfg: DictConfig) -> dict[str, dict]:
 
     name, kwargs, suites, fields = build(cfg)
     out_dir = Path(str(cfg.out_dir))
+    ensure_writable_dir(out_dir, "out_dir")
     n_sims, seed = int(cfg.n_sims), int(cfg.seed)
     results = {}
     for suite in suites:

@@ -3,8 +3,10 @@
 Split by simulation (seeded, written to ``split.json`` next to the run and reusable), maps
 normalised with statistics from the training split alone, parameters scaled to the unit cube
 by the manifest's priors, dihedral augmentation on the fly for training, deterministic order for
-evaluation. Under DDP the training set is sharded by a ``DistributedSampler``; validation and
-test are sharded *without padding*, so every sample is evaluated exactly once.
+evaluation. The training order and augmentation views depend only on ``(seed, epoch)``
+(:class:`~cosmoinfer.data.samplers.EpochSampler`), so a resumed run repeats the uninterrupted one;
+under DDP it shards the training set like a ``DistributedSampler``, and validation and test are
+sharded *without padding*, so every sample is evaluated exactly once.
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, DistributedSampler, Sampler
+from torch.utils.data import DataLoader
 
 from cosmoinfer.data.dataset import MapDataset
+from cosmoinfer.data.param_checks import check_unique
 from cosmoinfer.data.priors import Prior, from_unit, select
+from cosmoinfer.data.samplers import EpochSampler, ShardSampler
 from cosmoinfer.data.sources import open_source
 from cosmoinfer.data.splits import SPLITS, load_split, map_indices, save_split, split_by_simulation
 from cosmoinfer.data.transforms import Normalizer, fit_normalizer
@@ -30,27 +34,12 @@ from cosmoinfer.errors import InputError
 log = logging.getLogger(__name__)
 
 
-class ShardSampler(Sampler):
-    """Rank ``r`` of ``w`` gets indices ``r, r+w, r+2w, ...``: no padding, no duplicates."""
-
-    def __init__(self, n: int):
-        self.n = n
-        ready = dist.is_available() and dist.is_initialized()
-        self.rank = dist.get_rank() if ready else 0
-        self.world = dist.get_world_size() if ready else 1
-
-    def __iter__(self):
-        return iter(range(self.rank, self.n, self.world))
-
-    def __len__(self) -> int:
-        return len(range(self.rank, self.n, self.world))
-
-
 class CMDDataModule(pl.LightningDataModule):
     """Data for training and evaluation. Arguments mirror the ``data`` config group.
 
     ``normalizer`` and ``split`` (dicts, as stored in a checkpoint) reuse a training run's
-    statistics and split instead of computing new ones.
+    statistics and split instead of computing new ones. ``seed`` (the training run's ``seed``) fixes
+    the training order and augmentation of every epoch.
     """
 
     def __init__(self, root: str | None = None, suite: str = "IllustrisTNG", fields: Sequence[str] = ("Mtot",),
@@ -60,22 +49,26 @@ class CMDDataModule(pl.LightningDataModule):
                  log_offset: dict | None = None, batch_size: int = 32, eval_batch_size: int | None = None,
                  num_workers: int = 0, augment: bool = True, pin_memory: bool = False,
                  out_dir: str | None = None, normalizer: dict | None = None, split: dict | None = None,
-                 validate: str = "all", persistent_workers: bool = True, **_ignored):
+                 validate: str = "all", persistent_workers: bool = True, seed: int = 0, **_ignored):
         super().__init__()
         self.root, self.suite, self.set = root, suite, set
-        self.fields, self.param_names = list(fields), list(params)
+        self.fields = [fields] if isinstance(fields, str) else list(fields)  # data.fields=Mtot: one field
+        self.param_names = [params] if isinstance(params, str) else list(params)
         self.manifest, self.h5_path = manifest, h5_path
         self.split_fractions, self.split_seed, self.split_file = list(split_fractions), split_seed, split_file
         self.log_fields, self.log_offset = log_fields, dict(log_offset or {})
         self.batch_size, self.eval_batch_size = batch_size, eval_batch_size or batch_size
         if not self.param_names:
             raise InputError("data.params", "is empty; name the parameters to infer, e.g. [Omega_m, sigma_8]")
+        check_unique(self.fields, "data.fields")
+        check_unique(self.param_names, "data.params")
         for key, value in (("data.batch_size", self.batch_size), ("data.eval_batch_size", self.eval_batch_size)):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise InputError(key, f"must be a positive integer, got {value!r}")
         self.num_workers, self.augment, self.pin_memory = num_workers, augment, pin_memory
         self.persistent_workers = persistent_workers and num_workers > 0
         self.out_dir = out_dir
+        self.seed = int(seed)
         self.validate = validate
         self.normalizer = Normalizer.from_dict(normalizer) if normalizer else None
         self.split = split
@@ -137,12 +130,11 @@ class CMDDataModule(pl.LightningDataModule):
     # ------------------------------------------------------------------ loaders
     def _loader(self, ds, batch_size, train: bool) -> DataLoader:
         distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
-        if train:
-            sampler = DistributedSampler(ds, shuffle=True, seed=self.split_seed) if distributed else None
-            shuffle = sampler is None
+        if train:  # order and dihedral views from (seed, epoch) alone, sharded under DDP
+            sampler = EpochSampler(len(ds), self.seed, augment=ds.augment)
         else:
-            sampler, shuffle = (ShardSampler(len(ds)) if distributed else None), False
-        return DataLoader(ds, batch_size=batch_size, shuffle=shuffle, sampler=sampler,
+            sampler = ShardSampler(len(ds)) if distributed else None
+        return DataLoader(ds, batch_size=batch_size, shuffle=False, sampler=sampler,
                           num_workers=self.num_workers, pin_memory=self.pin_memory,
                           persistent_workers=self.persistent_workers,
                           drop_last=train and len(ds) > batch_size)  # BatchNorm needs batches of > 1

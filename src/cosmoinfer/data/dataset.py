@@ -16,7 +16,9 @@ class MapDataset(Dataset):
     """Samples ``(x, y, sim_id)``: ``x`` ``(C, H, W)`` float32 normalised map, ``y`` ``(P,)`` float32
     parameters in unit-cube coordinates, ``sim_id`` int64.
 
-    ``augment=True`` applies one of the 8 dihedral transforms drawn on the fly (training only).
+    ``augment=True`` applies one of the 8 dihedral transforms (training only): the one the index
+    names when it is a ``(position, view)`` pair (what :class:`~cosmoinfer.data.samplers.EpochSampler`
+    yields, so the views depend only on the seed and the epoch), else one drawn from torch's RNG.
     ``normalizer=None``: ``(x, y, sim_id, map_index)`` with ``x`` the map in physical units, to be
     checked and normalised by the caller (evaluation, see :meth:`CMDDataModule.checked_batches`).
     """
@@ -34,8 +36,11 @@ class MapDataset(Dataset):
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int):
-        idx = int(self.indices[i])
+    def __getitem__(self, i):
+        view = None
+        if isinstance(i, (tuple, list)):  # (position, view) from EpochSampler; view -1: none
+            i, view = i
+        idx = int(self.indices[int(i)])
         sim = idx // self.maps_per_sim
         if self.normalizer is None:  # physical units, checked by the caller
             return (torch.from_numpy(np.require(self.source.read_one(idx), np.float32, ["C", "W"])),
@@ -43,5 +48,7 @@ class MapDataset(Dataset):
                     torch.tensor(idx, dtype=torch.int64))
         x = torch.from_numpy(self.normalizer(self.source.read_one(idx)))
         if self.augment:
-            x = dihedral(x, int(torch.randint(8, ()).item()))
+            k = int(torch.randint(8, ()).item()) if view is None else int(view)
+            if k > 0:
+                x = dihedral(x, k)
         return x.contiguous(), torch.from_numpy(self.sim_targets[sim]), torch.tensor(sim, dtype=torch.int64)

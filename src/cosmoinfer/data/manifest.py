@@ -213,6 +213,11 @@ def npy_header(path: Path) -> tuple[tuple[int, ...], str]:
             offset = fh.tell()
     except Exception as err:  # noqa: BLE001 - any parse failure means a corrupt file
         raise InputError(path, f"not a valid .npy file ({err})") from None
+    if dtype.hasobject:
+        raise InputError(path, "holds Python objects (dtype object), which cannot be memory-mapped; save the maps "
+                               "as a numeric array, e.g. np.save(path, maps.astype(np.float32))")
+    if dtype.kind not in "fiu" or dtype.fields is not None:
+        raise InputError(path, f"holds {dtype} values, not real numbers; save the maps as float32")
     expected = offset + int(np.prod(shape)) * dtype.itemsize
     size = path.stat().st_size
     if size < expected:

@@ -28,6 +28,7 @@ from typing import Sequence
 import numpy as np
 
 from cosmoinfer.data.manifest import Manifest, find_manifest, load_params_table
+from cosmoinfer.data.param_checks import check_params_table
 from cosmoinfer.data.priors import Prior
 from cosmoinfer.errors import InputError
 
@@ -63,7 +64,12 @@ class CMDSource:
         self.maps_per_sim = self.manifest.maps_per_sim
         self.priors: list[Prior] = list(self.manifest.priors)
         self.param_names = self.manifest.param_names
-        self.params = load_params_table(self.root / self.manifest.params_file, n_columns=len(self.priors))
+        params_path = self.root / self.manifest.params_file
+        self.params = load_params_table(params_path, n_columns=len(self.priors))
+        origin = self.manifest.path or (
+            f"the standard CAMELS {set_} priors, no manifest found" if self.manifest.name.startswith("inferred_")
+            else f"manifest {self.manifest.name}")
+        check_params_table(self.params, self.priors, params_path, manifest=origin)
         self.paths = [self.root / self.manifest.fields[f].file for f in self.fields]
         self.positive = [self.manifest.fields[f].positive for f in self.fields]
         shape = self.manifest.fields[self.fields[0]].shape
@@ -178,6 +184,12 @@ class H5Source:
         unknown = [f for f in self.fields if f not in all_fields]
         if unknown:
             raise InputError(self.path, f"unknown field(s) {unknown}; the store holds {all_fields}")
+        if self.params.ndim != 2 or self.params.shape[1] != len(self.priors) or \
+                len(self.param_names) != len(self.priors):
+            raise InputError(self.path, f"dataset 'params' has shape {self.params.shape} for {len(self.param_names)} "
+                             f"parameter names and {len(self.priors)} priors")
+        check_params_table(self.params, self.priors, self.path, label="dataset 'params' ",
+                           manifest="the store's 'priors' attribute")
         self.channels = [all_fields.index(f) for f in self.fields]
         self.positive = [positive[c] for c in self.channels]
         self.n_maps = int(n_maps)

@@ -18,6 +18,8 @@ from pytorch_lightning.loggers.logger import rank_zero_experiment
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities import grad_norm
 
+from cosmoinfer.errors import file_mode
+
 log = logging.getLogger(__name__)
 
 
@@ -162,6 +164,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
                 torch.save(checkpoint, fh)
                 fh.flush()
                 os.fsync(fh.fileno())
+            os.chmod(tmp, file_mode())  # mkstemp makes 0600 files; checkpoints follow the umask (0644)
             os.replace(tmp, path)
         finally:
             if os.path.exists(tmp):

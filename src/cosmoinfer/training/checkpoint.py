@@ -45,15 +45,31 @@ def read_checkpoint(path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise InputError(path, f"refused: the checkpoint holds pickled objects that are not plain data "
-                         f"({first[:160]})") from None
+        # the safe unpickler names the class it refused ("Unsupported global: GLOBAL os.system ..."); any
+        # other failure (an unknown opcode, ...) means the bytes are no checkpoint at all
+        refused = next((ln.strip() for ln in str(err).splitlines() if "GLOBAL" in ln), None)
+        if refused:
+            raise InputError(path, f"refused: the checkpoint holds pickled objects that are not plain data "
+                             f"({refused[:160]})") from None
+        raise InputError(path, "not a checkpoint: the file is unreadable as a PyTorch checkpoint (corrupt, "
+                         "truncated, or another kind of file)") from None
     except (RuntimeError, EOFError, OSError, ValueError) as err:
-        raise InputError(path, f"unreadable or truncated checkpoint ({type(err).__name__}: "
-                         f"{str(err).splitlines()[0][:160] if str(err) else ''})") from None
+        detail = str(err).strip().splitlines()[0][:160] if str(err).strip() else "empty or cut short"
+        raise InputError(path, f"not a checkpoint: the file is unreadable or truncated ({type(err).__name__}: "
+                         f"{detail})") from None
     if not isinstance(ckpt, dict) or "cosmoinfer" not in ckpt or "state_dict" not in ckpt:
         raise InputError(path, "not a cosmoinfer checkpoint (no 'cosmoinfer' metadata or 'state_dict')")
     return ckpt
+
+
+def check_finite_weights(state: dict, path) -> None:
+    """Refuse a state dict with a NaN or inf entry (a diverged run): its predictions would all be NaN."""
+    for name, value in state.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            n_bad = int((~torch.isfinite(value)).sum())
+            raise InputError(path, f"the checkpoint holds non-finite weights ({n_bad} NaN/inf entries in {name}): "
+                             f"the training diverged before it was saved; use an earlier checkpoint or retrain "
+                             f"(e.g. with a lower optimizer.lr)")
 
 
 def build_from_meta(meta: dict) -> tuple[Network, Likelihood]:
@@ -83,5 +99,6 @@ def load_checkpoint(path) -> LoadedModel:
         detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(err).__name__)  # line 0: a header
         raise InputError(path, f"weights do not fit the model config stored in the checkpoint "
                          f"({detail[:200]})") from None
+    check_finite_weights(state, path)
     network.eval()
     return LoadedModel(Path(path), network, likelihood, meta)

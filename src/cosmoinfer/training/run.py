@@ -14,11 +14,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from cosmoinfer.data.datamodule import CMDDataModule
 from cosmoinfer.data.splits import save_split
+from cosmoinfer.errors import ensure_writable_dir
 from cosmoinfer.models.likelihoods import build_likelihood
 from cosmoinfer.models.network import build_network
 from cosmoinfer.training.callbacks import AtomicCheckpointIO, EpochLine, NonFiniteGuard
 from cosmoinfer.training.checkpoint import read_checkpoint
+from cosmoinfer.training.config_checks import check_train_config
 from cosmoinfer.training.module import PosteriorModule
+from cosmoinfer.training.reproducibility import BatchSeed
+from cosmoinfer.training.resume import check_resume_config, check_resume_data
 
 log = logging.getLogger("cosmoinfer.train")
 
@@ -32,20 +36,28 @@ def build_datamodule(cfg: DictConfig, out_dir: Path) -> CMDDataModule:
     kwargs = _container(cfg.data)
     target = kwargs.pop("_target_", None)
     cls = hydra.utils.get_class(target) if target else CMDDataModule
+    kwargs.setdefault("seed", int(cfg.get("seed") or 0))  # the training order of every epoch
     return cls(**kwargs, out_dir=None if out_dir is None else str(out_dir))
+
+
+def run_configs(cfg: DictConfig) -> dict:
+    """The model, loss, optimizer and scheduler configs as plain data (as stored in every checkpoint)."""
+    return {"model": _container(cfg.model), "loss": _container(cfg.loss), "optimizer": _container(cfg.optimizer),
+            "scheduler": _container(cfg.scheduler) if cfg.get("scheduler") else None}
 
 
 def build_module(cfg: DictConfig, dm: CMDDataModule) -> PosteriorModule:
     """Network + likelihood + the plain-data metadata every checkpoint carries."""
-    model_cfg, loss_cfg = _container(cfg.model), _container(cfg.loss)
+    configs = run_configs(cfg)
+    model_cfg, loss_cfg = configs["model"], configs["loss"]
     likelihood = build_likelihood(n_params=len(dm.param_names), **loss_cfg)
     network = build_network(in_channels=len(dm.fields), grid=dm.source.grid, n_outputs=likelihood.n_outputs,
                             **model_cfg)
     network.set_input_stats(torch.tensor(dm.normalizer.mean), torch.tensor(dm.normalizer.std),
                             torch.tensor(dm.normalizer.log))
-    meta = {"version": 1, "model": model_cfg, "loss": loss_cfg, "data": dm.state(), "seed": int(cfg.seed)}
-    scheduler = _container(cfg.scheduler) if cfg.get("scheduler") else None
-    return PosteriorModule(network, likelihood, meta, _container(cfg.optimizer), scheduler)
+    meta = {"version": 1, "model": model_cfg, "loss": loss_cfg, "data": dm.state(), "seed": int(cfg.seed),
+            "optimizer": configs["optimizer"], "scheduler": configs["scheduler"]}
+    return PosteriorModule(network, likelihood, meta, configs["optimizer"], configs["scheduler"])
 
 
 class _DropTips(logging.Filter):
@@ -71,7 +83,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> pl.Trainer:
     quiet_lightning()
     trainer_cfg = _container(cfg.trainer)
     on_terminal = sys.stderr.isatty()
-    callbacks = [NonFiniteGuard(), EpochLine()]
+    callbacks = [NonFiniteGuard(), EpochLine(), BatchSeed(int(cfg.seed))]
     for c in (cfg.get("callbacks") or {}).values():
         if c and (on_terminal or not str(c.get("_target_", "")).endswith("ProgressBar")):
             callbacks.append(hydra.utils.instantiate(c))
@@ -82,7 +94,7 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> pl.Trainer:
         from pytorch_lightning.strategies import DDPStrategy
 
         trainer_cfg["strategy"] = DDPStrategy(process_group_backend="gloo")
-    # our DataModule shards the data itself: training with a DistributedSampler, evaluation unpadded
+    # our DataModule shards the data itself: training with its EpochSampler, evaluation unpadded
     return hydra.utils.instantiate(trainer_cfg, callbacks=callbacks, logger=loggers or False,
                                    default_root_dir=str(out_dir), use_distributed_sampler=False,
                                    plugins=[AtomicCheckpointIO()])
@@ -90,23 +102,27 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> pl.Trainer:
 
 def train(cfg: DictConfig) -> float | None:
     """Train one network; returns the best ``val/loss`` (the value an Optuna sweep minimises)."""
-    out_dir = Path(cfg.out_dir)
+    # nothing is read or written before the output folder and the trainer/optimizer settings pass
+    out_dir = ensure_writable_dir(cfg.out_dir, "out_dir")
+    check_train_config(cfg)
     pl.seed_everything(int(cfg.seed), workers=True)
     last = out_dir / "checkpoints" / "last.ckpt"
-    ckpt_path = resume_split = None
+    ckpt_path = meta = None
+    dm = build_datamodule(cfg, None)  # split.json is written below, once the whole config has passed
     if cfg.get("resume") and last.is_file():
         ckpt = read_checkpoint(last)  # refuses pickled code before Lightning touches the file
-        resume_split = ckpt["cosmoinfer"]["data"]["split"]
+        meta = ckpt["cosmoinfer"]
+        check_resume_config(cfg, run_configs(cfg), dm, meta, last)  # the same run, or one line naming the key
+        dm.split = meta["data"]["split"]
         ckpt_path = str(last)
         log.info("resuming from %s (epoch %s)", last, ckpt.get("epoch"))
+    dm.setup("fit")  # raises on an empty validation split
+    if meta is not None:
+        check_resume_data(dm, meta, last)
     if cfg.get("resume"):
         # a run killed while writing a checkpoint leaves AtomicCheckpointIO's temporary file behind
         for stale in (out_dir / "checkpoints").glob(".*.ckpt.*.tmp"):
             stale.unlink(missing_ok=True)
-    dm = build_datamodule(cfg, None)  # split.json is written below, once the whole config has passed
-    if resume_split is not None:
-        dm.split = resume_split
-    dm.setup("fit")  # raises on an empty validation split
     module = build_module(cfg, dm)
     trainer = build_trainer(cfg, out_dir)
     save_split(dm.split, out_dir / "split.json")
