@@ -26,6 +26,7 @@ ALL = [
     ("mdn", {"n_components": 3}),
     ("mdn", {"n_components": 2, "covariance": "diag"}),
     ("bernoulli", {}),
+    ("flow", {"n_layers": 2}),
 ]
 
 
@@ -87,7 +88,7 @@ def test_shapes_and_attributes(name, kw):
         assert pred["covs"].shape == (5, k, p, p)
     assert lik.sample(raw, 7, generator=g).shape == (7, 5, p)
     assert lik.has_width == (name not in ("mse", "bernoulli"))
-    assert lik.has_cov == (name in ("gaussian_fullcov", "mdn"))
+    assert lik.has_cov == (name in ("gaussian_fullcov", "mdn", "flow"))
     assert lik.task == ("classification" if name == "bernoulli" else "regression")
 
 
@@ -117,7 +118,8 @@ def test_n_outputs():
 
 
 def test_factory_errors():
-    assert set(LIKELIHOODS) == {"gaussian_nll", "mse", "moment", "gaussian_fullcov", "mdn", "bernoulli"}
+    assert set(LIKELIHOODS) == {"gaussian_nll", "mse", "moment", "gaussian_fullcov", "mdn", "bernoulli",
+                                "flow"}
     with pytest.raises(InputError, match="unknown likelihood"):
         build_likelihood("gauss", 2)
     with pytest.raises(InputError, match="min_sdt"):

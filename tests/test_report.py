@@ -306,6 +306,36 @@ def test_bad_input_leaves_no_report(tmp_path):
         build_report(good, out, val_predictions=other, **FAST)
 
 
+def test_report_is_written_as_one_set(tmp_path, monkeypatch):
+    """A failed rerun leaves the previous report whole; a good one replaces every file of it."""
+    from pathlib import Path as _Path
+
+    first = build_report(write_single(tmp_path / "a.h5", n=200, width_factor=0.5), tmp_path / "out", **FAST)
+    before = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file()}
+    (tmp_path / "out" / "figures" / "stale.png").write_bytes(b"old")
+    # the disk fills while the second report is written: nothing of the first is touched
+    calls, write = [0], _Path.write_bytes
+
+    def failing(self, data):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise OSError(28, "No space left on device")
+        return write(self, data)
+
+    monkeypatch.setattr(_Path, "write_bytes", failing)
+    second = write_single(tmp_path / "b.h5", n=300, width_factor=2.0)
+    with pytest.raises(OSError):
+        build_report(second, tmp_path / "out", **FAST)
+    monkeypatch.undo()
+    after = {p: p.read_bytes() for p in (tmp_path / "out").rglob("*") if p.is_file() and p.name != "stale.png"}
+    assert after == before and not list((tmp_path / "out").glob(".report-*"))
+    # a good rerun: new metrics, new figures only (the stale one is gone), report.html beside them
+    paths = build_report(second, tmp_path / "out", **FAST)
+    assert json.loads(paths.metrics.read_text())["n"] == 300 != json.loads(before[first.metrics])["n"]
+    assert sorted((tmp_path / "out" / "figures").iterdir()) == sorted(paths.figures)
+    assert not list((tmp_path / "out").glob(".report-*"))
+
+
 def _arrays(n):
     truth, mean, std = synthetic(n, 0)
     return dict(truth=truth, mean=mean, std=std, std_aleatoric=std, std_epistemic=0 * std, sim_id=np.arange(n))

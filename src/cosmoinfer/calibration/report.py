@@ -6,9 +6,9 @@ recalibrators of :mod:`~cosmoinfer.calibration.recalibration` on the validation 
 none are given, on a random half of the test predictions, judged on the other half, and says so),
 writes one verdict per parameter, and renders everything.
 
-Everything is computed and rendered in memory first; files are then written one by one with
-atomic renames, ``report.html`` last, so an error never leaves a half-written file and a
-``report.html`` that exists is always complete.
+Everything is computed and rendered in memory first; the files are then written as one set
+(:func:`publish`), so an error never leaves a half-written file, and a ``report.html`` that exists
+always belongs to the ``metrics.json`` and figures beside it.
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ from cosmoinfer.calibration.recalibration import IsotonicCalibrator, pava
 from cosmoinfer.calibration.scores import pit as predictive_pit
 from cosmoinfer.calibration.scores import width_scale_terms
 from cosmoinfer.calibration.verdict import assess, verdict
-from cosmoinfer.errors import InputError, atomic_path
+from cosmoinfer.errors import InputError
 from cosmoinfer.posterior.predictions import Predictions, read_predictions
 
 TEMPLATE_DIR = Path(__file__).resolve().parent / "templates"
@@ -396,12 +396,6 @@ def _toc(sections: list[dict], comparison_rows: list, comparison_figs: list[_Fig
     return toc
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file next to it, renamed when complete)."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
-
-
 def _render(context: dict) -> str:
     env = Environment(loader=FileSystemLoader(str(TEMPLATE_DIR)), autoescape=select_autoescape(["html", "j2"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
@@ -567,15 +561,40 @@ def build_report(
         "headline": head, "toc": _toc(sections, comparison_rows, comparison_figs),
     })
 
-    # All computed: now write, figures first, report.html last.
+    # All computed: now write the whole set at once.
+    files = {fg.file: fg.png for fg in comparison_figs + [fg for s in sections for fg in s["figures"]]}
+    files["metrics.json"] = doc_json.encode()
+    files["report.html"] = html.encode()
+    publish(out_dir, files)
+    return ReportPaths(html=out_dir / "report.html", metrics=out_dir / "metrics.json",
+                       figures=[out_dir / name for name in files if name.startswith("figures/")])
+
+
+def publish(out_dir: Path, files: dict[str, bytes]) -> None:
+    """Write the report's files (``figures/*.png``, ``metrics.json``, ``report.html``) as one set.
+
+    Everything is written into a temporary folder inside ``out_dir`` first; a failure there (a full
+    disk) leaves the previous report untouched. Then the previous ``report.html`` goes, the new
+    ``figures/`` replaces the old one whole, ``metrics.json`` follows, and ``report.html`` comes
+    last: one run's metrics never sit beside another run's HTML, and a ``report.html`` that exists
+    belongs to the ``metrics.json`` and figures beside it.
+    """
+    import shutil
+    import tempfile
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    written = []
-    for fg in comparison_figs + [fg for s in sections for fg in s["figures"]]:
-        target = out_dir / fg.file
-        _write_atomic(target, fg.png)
-        written.append(target)
-    metrics_path = out_dir / "metrics.json"
-    _write_atomic(metrics_path, doc_json.encode())
-    html_path = out_dir / "report.html"
-    _write_atomic(html_path, html.encode())
-    return ReportPaths(html=html_path, metrics=metrics_path, figures=written)
+    staging = Path(tempfile.mkdtemp(prefix=".report-", dir=out_dir))
+    try:
+        for name, data in files.items():
+            path = staging / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(data)
+        (out_dir / "report.html").unlink(missing_ok=True)
+        if (out_dir / "figures").exists():
+            shutil.rmtree(out_dir / "figures")
+        if (staging / "figures").is_dir():
+            os.replace(staging / "figures", out_dir / "figures")
+        os.replace(staging / "metrics.json", out_dir / "metrics.json")
+        os.replace(staging / "report.html", out_dir / "report.html")
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -37,6 +37,8 @@ moment            CMD moment network (mean and std, moment loss)           2P
 gaussian_fullcov  full-covariance Gaussian via a Cholesky factor           P + P(P+1)/2
 mdn               mixture of K Gaussians (full or diagonal covariances)    K + K P + K T (T below)
 bernoulli         binary classifier (P = 1), one logit                      1
+flow              conditional normalizing flow on the prior box            see ``models/flow.py``
+                  (:class:`~cosmoinfer.models.flow.ConditionalFlow`)
 ================  ======================================================  =========================
 
 Cholesky factors are packed row by row over the lower triangle (``torch.tril_indices`` order,
@@ -68,6 +70,7 @@ __all__ = [
     "Bernoulli",
     "LIKELIHOODS",
     "build_likelihood",
+    "register_likelihood",
     "cholesky_from_flat",
     "n_tril",
 ]
@@ -549,6 +552,13 @@ _KWARGS: dict[str, tuple[str, ...]] = {
     "mdn": ("n_components", "covariance", "min_std"),
     "bernoulli": (),
 }
+
+
+def register_likelihood(cls: type[Likelihood], options: tuple[str, ...]) -> None:
+    """Add a head defined in its own module (``flow``: :mod:`cosmoinfer.models.flow`, imported by
+    ``cosmoinfer.models``, so it is registered before any ``cosmoinfer.models.*`` import returns)."""
+    LIKELIHOODS[cls.name] = cls
+    _KWARGS[cls.name] = tuple(options)
 
 
 def build_likelihood(name: str, n_params: int, **kwargs: Any) -> Likelihood:

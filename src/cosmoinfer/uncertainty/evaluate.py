@@ -12,7 +12,7 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig
 
 from cosmoinfer.data.datamodule import CMDDataModule
-from cosmoinfer.errors import InputError
+from cosmoinfer.errors import InputError, ensure_writable_dir
 from cosmoinfer.posterior.predictions import write_predictions
 from cosmoinfer.uncertainty.checkpoints import resolve_checkpoints
 from cosmoinfer.uncertainty.predictor import Posterior, Predictor
@@ -204,6 +204,10 @@ def progress(batches: Iterable, total: int, every: float = 0.1) -> Iterator:
 
 
 def evaluate(cfg: DictConfig) -> Path:
+    ensure_writable_dir(cfg.out_dir, "out_dir")  # before any checkpoint is read or map predicted
+    from cosmoinfer.training.config_checks import check_device
+
+    check_device(cfg.get("device", "cpu"), "device")
     method = cfg.evaluator.name
     if method not in METHODS:
         raise InputError("evaluator.name", f"unknown evaluator {method!r}; choose one of {list(METHODS)}")
@@ -217,7 +221,7 @@ def evaluate(cfg: DictConfig) -> Path:
     if "mc_dropout" in method and n_samples < 2:
         raise InputError("evaluator.n_samples", f"MC dropout needs at least 2 passes, got {n_samples}")
     predictor = Predictor(paths, mc_samples=n_samples, tta=bool(cfg.get("tta", False)), seed=int(cfg.seed),
-                          device=str(cfg.get("device", "cpu")))
+                          device=str(cfg.get("device", "cpu")), flow_samples=int(cfg.get("flow_samples") or 1000))
     meta = predictor.models[0].meta["data"]
     dm = build_eval_datamodule(cfg, meta, paths[0])
     split = str(cfg.split)

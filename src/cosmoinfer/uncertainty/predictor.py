@@ -35,6 +35,15 @@ and shrink the epistemic spread by about sqrt(8). A network without active dropo
 Every checkpoint is loaded exactly once, and members must agree on fields, parameters, priors,
 split and normalisation.
 
+Flows (``loss=flow``, :mod:`cosmoinfer.models.flow`): every network draw and TTA view is one
+flow, and the predictive is their equal-weight mixture, a
+:class:`~cosmoinfer.posterior.flow.FlowPredictive` (log-density by log-mean-exp over the
+components; ``flow_samples`` stratified draws per map, stored with their log-densities and the
+log-density at the truth). Summaries come from the draws: ``member_mean``/``member_std`` are each
+network draw's (its views' draws together), population moments, so again
+``std² = aleatoric² + epistemic²``; ``cov`` is the draws' covariance. Ensemble members must share
+the flow's configuration.
+
 Classification (``bernoulli`` head): each component is the probability ``p_k`` of class 1 (from
 the logit, in float64), with variance ``p_k (1 - p_k)``; the mixture of Bernoullis is the
 Bernoulli with ``p = mean_k p_k``, whose variance ``p (1 - p)`` splits the same way into
@@ -54,10 +63,11 @@ log10-transformed or far outside the training range) raise :class:`InputError`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 from dataclasses import dataclass, field
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -68,6 +78,7 @@ from cosmoinfer.data.transforms import dihedral
 from cosmoinfer.data.validate import check_maps
 from cosmoinfer.errors import InputError
 from cosmoinfer.posterior.bijection import Bijection
+from cosmoinfer.posterior.flow import FlowPredictive, component_moments
 from cosmoinfer.posterior.member_moments import mixture_moments
 from cosmoinfer.posterior.mixture import MixturePredictive
 from cosmoinfer.training.checkpoint import LoadedModel, load_checkpoint
@@ -114,7 +125,7 @@ class Posterior:
     sim_id: np.ndarray | None = None
     param_names: list[str] = field(default_factory=list)
     task: str = "regression"
-    predictive: MixturePredictive | None = None
+    predictive: MixturePredictive | FlowPredictive | None = None
 
     def sample(self, n: int, rng: np.random.Generator | None = None, truncate: bool = False) -> np.ndarray:
         """``(n, N, P)`` physical draws from the predictive.
@@ -158,6 +169,26 @@ def check_compatible(models: Sequence[LoadedModel]) -> None:
                              f"(trained on different data or splits than {ref.path})")
         if m.likelihood.task != ref.likelihood.task:
             raise InputError(m.path, "ensemble members mix classification and regression heads")
+
+
+@contextlib.contextmanager
+def exact_float32(device: torch.device) -> Iterator[None]:
+    """Full float32 convolutions and matmuls on a CUDA ``device`` (TF32 off), restored afterwards.
+
+    cuDNN runs float32 convolutions in TF32 (10-bit mantissa) by default on Ampere and newer GPUs, and
+    picks its algorithm by the batch shape, so a map's prediction could change with
+    ``data.eval_batch_size`` at TF32 precision. On the CPU nothing changes: predictions there agree
+    across batch sizes to float32 rounding (``tests/test_reliability_refusals.py``).
+    """
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _has_active_dropout(network: nn.Module) -> bool:
@@ -224,10 +255,11 @@ class Predictor:
         seed: seeds the dropout masks (every call of :meth:`predict_batches` starts from it; the
             caller's random state is restored afterwards).
         device: where the networks run (``cpu``, ``cuda``, ``cuda:1``).
+        flow_samples: draws per map stored for a flow head (``loss=flow``; at least one per component).
     """
 
     def __init__(self, models: Iterable, mc_samples: int = 0, tta: bool = False, seed: int = 0,
-                 device: str = "cpu"):
+                 device: str = "cpu", flow_samples: int = 1000):
         self.models = [m if isinstance(m, LoadedModel) else load_checkpoint(m) for m in models]
         if not self.models:
             raise InputError("checkpoints", "no checkpoint given")
@@ -241,6 +273,11 @@ class Predictor:
         self.param_names = ref.param_names
         self.normalizer = ref.normalizer
         self.task = ref.likelihood.task
+        self.is_flow, self.flow_samples = ref.likelihood.name == "flow", int(flow_samples)
+        for m in self.models[1:]:
+            if (m.likelihood.name == "flow") != self.is_flow or (self.is_flow and m.meta["loss"] != ref.meta["loss"]):
+                raise InputError(m.path, f"ensemble members mix likelihood heads ({m.meta['loss']} vs "
+                                 f"{ref.meta['loss']} in {ref.path}); flows mix only with flows of one configuration")
         if self.mc_samples:
             for m in self.models:
                 if not _has_active_dropout(m.network):
@@ -302,7 +339,9 @@ class Predictor:
         res, done = [], {}
         for views in self._raw_passes(member, x, batch):
             if id(views) not in done:  # identical deterministic passes are converted once
-                if self.task == "classification":
+                if self.is_flow:  # the flows' parameters, (B, V, n_outputs)
+                    done[id(views)] = (torch.stack(views, dim=1).float().cpu().numpy(),)
+                elif self.task == "classification":
                     p = [self._probability(lik, r) for r in views]
                     done[id(views)] = (torch.stack(p).mean(0).cpu().numpy(),
                                        torch.stack([q * (1 - q) for q in p]).mean(0).cpu().numpy())
@@ -331,7 +370,8 @@ class Predictor:
         parts: list[list] = [[] for _ in range(n_draws)]  # per draw (member-major), per batch
         truths, sims = [], []
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
-        with torch.random.fork_rng(devices=cuda):  # the caller's RNG state is left untouched
+        # the caller's RNG state is left untouched; full float32 on GPUs (see exact_float32)
+        with torch.random.fork_rng(devices=cuda), exact_float32(self.device):
             for b, batch in enumerate(batches):
                 x, y, sim = batch if isinstance(batch, (tuple, list)) else (batch, None, None)
                 x = x.to(self.device)
@@ -357,7 +397,28 @@ class Predictor:
             return Posterior(mean=mean, std=np.sqrt(var), std_aleatoric=np.sqrt(alea), std_epistemic=np.sqrt(epi),
                              member_mean=member_mean, member_std=np.sqrt(member_var), truth=truth, sim_id=sim_id,
                              param_names=self.param_names, task=self.task)
+        if self.is_flow:
+            return self._flow_posterior(draws, truth, sim_id)
         return self._mixture_posterior(draws, truth, sim_id)
+
+    def _flow_posterior(self, draws: list[tuple], truth, sim_id) -> Posterior:
+        """The equal-weight mixture of the ``D`` network draws' flows (each with its ``V`` views)."""
+        raw = np.concatenate([d[0] for d in draws], axis=1)  # (N, D * V, n_outputs), draw-major
+        c = raw.shape[1]
+        log.info("flows: %d draws per map from a mixture of %d flow(s), log-densities by log-mean-exp "
+                 "(cost ~ draws x flows per map)", c * max(2, math.ceil(self.flow_samples / c)), c)
+        q = FlowPredictive.from_raw(self.models[0].likelihood, raw, Bijection.from_priors(self.priors),
+                                    self.param_names, self.flow_samples, truth, self.seed)
+        member_mean, member_cov = component_moments(q.samples, len(draws))  # (D, N, P), (D, N, P, P)
+        member_var = np.diagonal(member_cov, axis1=-2, axis2=-1)
+        mean = member_mean.mean(0)
+        dev = member_mean - mean
+        cov = (member_cov + dev[..., :, None] * dev[..., None, :]).mean(0)
+        return Posterior(
+            mean=mean, std=np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1)), std_aleatoric=np.sqrt(member_var.mean(0)),
+            std_epistemic=np.sqrt((dev**2).mean(0)), member_mean=member_mean, member_std=np.sqrt(member_var),
+            cov=0.5 * (cov + np.swapaxes(cov, -1, -2)), truth=truth, sim_id=sim_id,
+            param_names=list(self.param_names), task=self.task, predictive=q)
 
     def _mixture_posterior(self, draws: list[tuple], truth, sim_id) -> Posterior:
         """The predictive of ``D`` equally weighted network draws, each ``(w (N,K_d), loc, tril)``."""
