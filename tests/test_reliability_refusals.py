@@ -252,11 +252,12 @@ def _resumed(root: Path, work: Path) -> Path:
 BATCHES = (7, 64, 89)
 
 
-def _evaluate(base: Future, work: Path, batch: int) -> Path:
-    out = work / f"eval_bs{batch}"
+def _evaluate(base: Future, work: Path, batch: int, method: str = "single") -> Path:
+    out = work / f"eval_{method}_bs{batch}"
     ckpt = base.result() / "checkpoints" / "best.ckpt"
-    ok(run_cli("evaluate", ["evaluator=single", f"checkpoints=[{ckpt}]", f"out_dir={out}", "split=all",
-                            f"data.eval_batch_size={batch}"], work, out.name), f"evaluate batch {batch}")
+    extra = ["evaluator.n_samples=4"] if method == "mc_dropout" else []
+    ok(run_cli("evaluate", [f"evaluator={method}", f"checkpoints=[{ckpt}]", f"out_dir={out}", "split=all",
+                            f"data.eval_batch_size={batch}", *extra], work, out.name), f"evaluate batch {batch}")
     return out / "predictions.h5"
 
 
@@ -271,14 +272,15 @@ def jobs(request, tmp_path_factory):
         fut["straight"] = pool.submit(_train_run, data, base_dir, "straight", *RESUME, "trainer.max_epochs=2")
         fut["resumed"] = pool.submit(_resumed, data, base_dir)
     want = [c for c in CASES if f"test_refused_in_one_line[{c.id}]" in selected and not c.skip]
-    if any(c.needs_base for c in want) or {"test_single_predictions_ignore_eval_batch_size",
-                                           "test_checkpoints_follow_the_umask"} & selected:
+    if any(c.needs_base for c in want) or {"test_checkpoints_follow_the_umask"} & selected \
+            or any(n.startswith("test_single_predictions_ignore_eval_batch_size") for n in selected):
         fut["base"] = pool.submit(_train_run, data, base_dir, "base")
     for c in sorted(want, key=lambda c: c.needs_base):
         fut[c.id] = pool.submit(_case, c, base_dir / c.id, fut.get("base") if c.needs_base else None)
-    if "test_single_predictions_ignore_eval_batch_size" in selected:
+    if any(n.startswith("test_single_predictions_ignore_eval_batch_size") for n in selected):
         for b in BATCHES:
-            fut[f"eval{b}"] = pool.submit(_evaluate, fut["base"], base_dir / "batch", b)
+            for method in ("single", "mc_dropout"):
+                fut[f"{method}{b}"] = pool.submit(_evaluate, fut["base"], base_dir / "batch", b, method)
     yield fut
     pool.shutdown(wait=True, cancel_futures=True)
 
@@ -330,15 +332,18 @@ def test_resume_reproduces_the_uninterrupted_run(jobs):
 # --------------------------------------------------------------------------- 6. batch size
 
 
-def test_single_predictions_ignore_eval_batch_size(jobs):
-    """Evaluation runs BatchNorm in eval mode and single has no dropout passes: a map's prediction is
-    its own, whatever maps share its batch (even alone in one)."""
+@pytest.mark.parametrize("method", ["single", "mc_dropout"])
+def test_single_predictions_ignore_eval_batch_size(jobs, method):
+    """Evaluation runs BatchNorm in eval mode, and MC dropout's masks are keyed by the map, not by
+    the batch: a map's prediction is its own, whatever maps share its batch (even alone in one)."""
     preds = {}
     for b in BATCHES:
-        with h5py.File(jobs[f"eval{b}"].result(), "r") as f:
-            preds[b] = {k: f[k][()] for k in ("truth", "sim_id", "mean", "std")}
+        with h5py.File(jobs[f"{method}{b}"].result(), "r") as f:
+            preds[b] = {k: f[k][()] for k in ("truth", "sim_id", "mean", "std", "std_epistemic")}
     ref = preds[64]
     assert len(ref["mean"]) == 90
+    if method == "mc_dropout":  # the passes really differ (dropout 0.2 in the head)
+        assert np.all(ref["std_epistemic"] > 0)
     for b in (7, 89):
         for key in ("truth", "sim_id"):
             assert np.array_equal(preds[b][key], ref[key])

@@ -28,9 +28,10 @@ averaged covariance); an MDN's 8 views are mixed (each view's components with we
 MC dropout keeps only the dropout layers stochastic: BatchNorm stays in eval mode and its
 running statistics never change. When dropout lives only in the head, the backbone runs once
 per batch (and view) and the head ``T`` times. A pass is one network draw: with TTA its 8 views
-share one set of dropout masks (torch's RNG is reseeded from ``(seed, member, batch, pass)``
-before each view's forward), otherwise averaging the views would average 8 independent masks
-and shrink the epistemic spread by about sqrt(8). A network without active dropout
+share one set of dropout masks, otherwise averaging the views would average 8 independent masks
+and shrink the epistemic spread by about sqrt(8). Each mask is a hash of ``(seed, member, pass,
+layer, map index)`` (:mod:`cosmoinfer.uncertainty.dropout_masks`), so a map's predictive does not
+depend on the batch size or on the other maps of its batch. A network without active dropout
 (``model.dropout=0``) gives ``T`` identical passes, i.e. zero epistemic spread, with a warning.
 Every checkpoint is loaded exactly once, and members must agree on fields, parameters, priors,
 split and normalisation.
@@ -83,6 +84,7 @@ from cosmoinfer.posterior.member_moments import mixture_moments
 from cosmoinfer.posterior.mixture import MixturePredictive
 from cosmoinfer.training.checkpoint import LoadedModel, load_checkpoint
 from cosmoinfer.uncertainty.checkpoints import resolve_checkpoints
+from cosmoinfer.uncertainty.dropout_masks import MapKeyedDropout
 
 log = logging.getLogger("cosmoinfer.predictor")
 
@@ -204,11 +206,6 @@ def _set_mc_dropout(network: nn.Module, on: bool) -> None:
                 mod.train()
 
 
-def _pass_seed(seed: int, member: int, batch: int, t: int) -> int:
-    """The torch seed of dropout pass ``t`` of ``member`` on batch number ``batch``."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, member, batch, t]).generate_state(1)[0])
-
-
 def _head_components(lik, raw: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One view's unit-space components in float64: ``log_w (B,K)``, ``loc (B,K,P)``, ``tril (B,K,P,P)``."""
     raw = raw.double()
@@ -290,18 +287,16 @@ class Predictor:
         return max(self.mc_samples, 1)
 
     # ------------------------------------------------------------------ raw network outputs
-    def _reseed(self, seed: int) -> None:
-        torch.default_generator.manual_seed(seed)
-        if self.device.type == "cuda":
-            with torch.cuda.device(self.device):
-                torch.cuda.manual_seed(seed)
+    #: the views of one MC-dropout pass share its masks (False only to reproduce the old, wrong way)
+    share_view_masks = True
 
     @torch.no_grad()
-    def _raw_passes(self, member: int, x: torch.Tensor, batch: int) -> list[list[torch.Tensor]]:
-        """Raw outputs ``[pass][view] -> (B, n_outputs)`` of one member on one batch.
+    def _raw_passes(self, member: int, x: torch.Tensor, first: int) -> list[list[torch.Tensor]]:
+        """Raw outputs ``[pass][view] -> (B, n_outputs)`` of one member on the maps ``first, first+1, ...``.
 
-        With MC dropout, torch's RNG is reseeded from ``(seed, member, batch, pass)`` before every
-        view's forward of a pass, so the views of one pass share its dropout masks.
+        With MC dropout, each dropout mask is a hash of ``(seed, member, pass, layer, map index)``
+        (:class:`~cosmoinfer.uncertainty.dropout_masks.MapKeyedDropout`): a map's prediction does not
+        depend on the batch it sits in, and the views of one pass share its masks.
         """
         net = self.models[member].network
         views = [dihedral(x, k) for k in range(8)] if self.tta else [x]
@@ -319,25 +314,26 @@ class Predictor:
             else:
                 def run(k):
                     return net(views[k])
+            maps = torch.arange(first, first + x.shape[0], dtype=torch.int64)
             passes = []
-            for t in range(self.mc_samples):
-                seed = _pass_seed(self.seed, member, batch, t)
-                outs = []
-                for k in range(len(views)):
-                    self._reseed(seed)
-                    outs.append(run(k))
-                passes.append(outs)
+            with MapKeyedDropout(net, self.seed, member) as masks:
+                for t in range(self.mc_samples):
+                    outs = []
+                    for k in range(len(views)):
+                        masks.set(t, maps, view=0 if self.share_view_masks else k)
+                        outs.append(run(k))
+                    passes.append(outs)
             return passes
         finally:
             _set_mc_dropout(net, False)
 
     @torch.no_grad()
-    def _member_batch(self, member: int, x: torch.Tensor, batch: int) -> list[tuple]:
+    def _member_batch(self, member: int, x: torch.Tensor, first: int) -> list[tuple]:
         """One member on one batch, per pass: ``(weights (B,K), loc (B,K,P), tril (B,K,P,P))`` in unit
         coordinates (regression) or ``(p (B,1), var (B,1))`` (classification), float64 numpy."""
         lik = self.models[member].likelihood
         res, done = [], {}
-        for views in self._raw_passes(member, x, batch):
+        for views in self._raw_passes(member, x, first):
             if id(views) not in done:  # identical deterministic passes are converted once
                 if self.is_flow:  # the flows' parameters, (B, V, n_outputs)
                     done[id(views)] = (torch.stack(views, dim=1).float().cpu().numpy(),)
@@ -372,12 +368,14 @@ class Predictor:
         cuda = [self.device.index or 0] if self.device.type == "cuda" else []
         # the caller's RNG state is left untouched; full float32 on GPUs (see exact_float32)
         with torch.random.fork_rng(devices=cuda), exact_float32(self.device):
-            for b, batch in enumerate(batches):
+            first = 0  # index of the batch's first map in evaluation order (keys the dropout masks)
+            for batch in batches:
                 x, y, sim = batch if isinstance(batch, (tuple, list)) else (batch, None, None)
                 x = x.to(self.device)
                 for i in range(len(self.models)):
-                    for t, comp in enumerate(self._member_batch(i, x, b)):
+                    for t, comp in enumerate(self._member_batch(i, x, first)):
                         parts[i * self.n_passes + t].append(comp)
+                first += x.shape[0]
                 if y is not None:
                     truths.append(y.double().numpy())
                     sims.append(sim.numpy())
