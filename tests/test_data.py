@@ -231,3 +231,28 @@ def test_bad_input_errors_name_file_and_problem(tmp_path, case):
             make_dm(root, **kw)
     msg = str(err.value)
     assert "\n" not in msg and ("bad" in msg or "x.h5" in msg or "data.params" in msg)
+
+
+def test_a_damaged_chunk_of_an_hdf5_store_is_one_line_naming_the_store(tmp_path):
+    """A store whose header opens but one chunk is garbage (a torn copy): reading that map is an
+    InputError naming the store, not an h5py OSError."""
+    import h5py
+
+    from cosmoinfer.data.hdf5 import convert_to_hdf5
+    from cosmoinfer.data.sources import H5Source
+    from cosmoinfer.errors import InputError
+
+    root = tmp_path / "cmd"
+    write_cmd_folder(root, n_sims=2, grid=16, fields=("Mtot",), suite="TestSuite")
+    store = convert_to_hdf5(root, "TestSuite", ["Mtot"], tmp_path / "store.h5", compression="gzip")
+    with h5py.File(store, "r") as f:
+        info = f["maps"].id.get_chunk_info(3)
+    raw = bytearray(store.read_bytes())
+    raw[info.byte_offset:info.byte_offset + info.size] = b"\x00" * info.size
+    store.write_bytes(bytes(raw))
+    src = H5Source(store, ["Mtot"])
+    assert src.read_one(2).shape == (1, 16, 16)  # the other maps still read
+    with pytest.raises(InputError, match=r"store\.h5: map 3 cannot be read, the store is damaged"):
+        src.read_one(3)
+    with pytest.raises(InputError, match=r"maps 0:8 cannot be read"):
+        src.read(0, 8)

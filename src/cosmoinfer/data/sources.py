@@ -207,12 +207,23 @@ class H5Source:
             self._pid = os.getpid()
         return self._file["maps"]
 
+    def _damaged(self, what: str, err: OSError) -> InputError:
+        return InputError(self.path, f"{what} cannot be read, the store is damaged ({type(err).__name__}: "
+                                     f"{str(err)[:160]}); rebuild it with cosmoinfer-convert")
+
     def read(self, i0: int, i1: int) -> np.ndarray:
-        block = self._maps()[i0:i1]
+        try:
+            block = self._maps()[i0:i1]
+        except OSError as err:  # a corrupted chunk or chunk index shows only when the maps are read
+            raise self._damaged(f"maps {i0}:{i1}", err) from None
         return np.ascontiguousarray(block[:, self.channels], dtype=np.float32)
 
     def read_one(self, i: int) -> np.ndarray:
-        return np.ascontiguousarray(self._maps()[i][self.channels], dtype=np.float32)
+        try:
+            row = self._maps()[i]
+        except OSError as err:
+            raise self._damaged(f"map {i}", err) from None
+        return np.ascontiguousarray(row[self.channels], dtype=np.float32)
 
     def describe(self, i: int) -> str:
         return f"{self.path} map {i}"
