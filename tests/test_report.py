@@ -175,7 +175,7 @@ def test_verdict_texts():
 @pytest.mark.parametrize("factor,status", [(1.0, "well calibrated"), (0.6, "too narrow"), (1.6, "too wide")])
 def test_report_verdicts_on_synthetic_predictors(tmp_path, factor, status):
     from cosmoinfer.calibration.metrics import DEFAULT_LEVELS
-    from cosmoinfer.calibration.report import _recalibrate
+    from cosmoinfer.calibration.report_analysis import recalibrate as _recalibrate
 
     pred = read_predictions(write_single(tmp_path / "p.h5", n=1000, seed=11, width_factor=factor))
     block, verdicts, curves, band, g_eval = _recalibrate(pred, None, DEFAULT_LEVELS, np.random.default_rng(0),
@@ -192,7 +192,7 @@ def test_verdict_judges_the_evaluated_set_not_the_validation_set(tmp_path):
     """A foreign suite: the validation predictions are calibrated, the evaluated ones 2.5x too narrow.
     The status describes the evaluated set; the fix reported is the val-fitted scale, which fails."""
     from cosmoinfer.calibration.metrics import DEFAULT_LEVELS
-    from cosmoinfer.calibration.report import _recalibrate
+    from cosmoinfer.calibration.report_analysis import recalibrate as _recalibrate
 
     val = read_predictions(write_single(tmp_path / "val.h5", n=1000, seed=3, width_factor=1.0))
     foreign = read_predictions(write_single(tmp_path / "f.h5", n=1000, seed=4, width_factor=0.4))
@@ -557,3 +557,13 @@ def test_report_has_headline_and_contents(tmp_path):
     # the pipeline's terminal summary prints the same headline
     out = summary_lines(paths.metrics)
     assert out[0] == f"trust: {h['method']} ({h['why']})" and out[-1] == f"warning: {h['warning']}"
+
+
+@pytest.mark.parametrize("scale,words", [(0.0, "too wide by a factor of more than a million (s_test = 0)"),
+                                         (0.05, "too wide by a factor of 20 (s_test = 0.05)"),
+                                         (1.23, "too narrow by 23% (s_test = 1.23)"),
+                                         (1e300, "too narrow by a factor of more than a million (s_test = 1e+300)"),
+                                         (float("inf"), "too narrow by a factor of more than a million")])
+def test_verdict_words_extreme_width_ratios_without_failing(scale, words):
+    v = verdict("a", scale, 0.5, 0.5, 0.05, n=100)
+    assert v.summary.startswith(words) and "\n" not in v.text

@@ -49,6 +49,15 @@ def _pct(x: float) -> str:
     return f"{x:.0f}%" if x >= 10 else f"{x:.1f}%"
 
 
+def _by(factor: float) -> str:
+    """How far a width is off: ``"23%"`` up to 10 times, then ``"a factor of 3.2e+05"``."""
+    if not np.isfinite(factor) or factor > 1e6:
+        return "a factor of more than a million"
+    if factor >= 10:
+        return f"a factor of {factor:.3g}"
+    return _pct(factor - 1)
+
+
 #: Two coverage errors closer than this are "the same" (printed with one decimal in percent).
 _SAME = 5e-4
 
@@ -91,7 +100,8 @@ def verdict(param: str, scale: float, err_before: float, err_after: float, toler
     n_fit = n if n_fit is None else n_fit
     fit_scale = scale if fit_scale is None else fit_scale
     where = f" (fitted on {fit_on})" if fit_on else ""
-    fitted = f"rescaling by s_fit = {fit_scale:.2f}{where}"
+    s_fit_txt = f"{fit_scale:.2f}" if 0.01 <= fit_scale < 100 else f"{fit_scale:.3g}"
+    fitted = f"rescaling by s_fit = {s_fit_txt}{where}"
     if scale_se is None:
         scale_se = np.sqrt(1.0 / (2 * max(n_fit, 1)))
     scale_ok = abs(scale - 1) <= scale_crit * scale_se
@@ -106,7 +116,7 @@ def verdict(param: str, scale: float, err_before: float, err_after: float, toler
         bias = f"; means biased {direction} by {abs(mean_z):.2f}σ"
     size = f"{n} maps of {n_sims} simulations" if n_sims else f"n={n}"
     tol_txt = f"tolerance {_pct(tolerance)} for {size}" if n else f"tolerance {_pct(tolerance)}"
-    s_txt = f"s_test = {scale:.2f}"
+    s_txt = f"s_test = {scale:.2f}" if 0.01 <= scale < 100 else f"s_test = {scale:.3g}"
     was = f"was {_pct(err_before)}"
 
     def iso_tail(also: bool = False) -> str:
@@ -135,9 +145,9 @@ def verdict(param: str, scale: float, err_before: float, err_after: float, toler
                                            f"({s_txt})")
     slightly = "slightly " if cov_ok else ""
     if scale > 1:
-        status, short = "too narrow", f"{slightly}too narrow by {_pct(scale - 1)}"
+        status, short = "too narrow", f"{slightly}too narrow by {_by(scale)}"
     else:
-        status, short = "too wide", f"{slightly}too wide by {_pct(1 / scale - 1)}"
+        status, short = "too wide", f"{slightly}too wide by {_by(1 / scale if scale > 0 else np.inf)}"
     head = f"{param} intervals {short} ({s_txt})"
     if cov_ok:
         head += f" (coverage within {_pct(err_before)}, inside the {tol_txt}, but the width ratio is significant)"
