@@ -147,6 +147,20 @@ def test_pipeline_fresh_redoes_everything_and_a_second_pipeline_is_refused(tmp_p
     assert ran == ["evaluate ensemble test", "evaluate ensemble val", "report", "train member 1"], r.stdout
     with h5py.File(out / "predictions" / "ensemble" / "test" / "predictions.h5") as f:
         assert int(f.attrs["n_members"]) == 2
+    # another model width: both members and everything after them, the data kept
+    more = [*args, "pipeline.members=2", "pipeline.methods=[single,ensemble]"]
+    r = run([*more, "model.hidden=6"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = _stage_lines(r.stdout)
+    assert lines["simulate"].startswith("reused") and "configuration changed: model.hidden 4 -> 6" in lines[
+        "train member 0"], r.stdout
+    assert sum(v.startswith("ran in") for v in lines.values()) == 7, r.stdout
+    # other data: everything
+    r = run([*more, "model.hidden=6", "pipeline.simulate.n_sims=14"], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = _stage_lines(r.stdout)
+    assert "configuration changed: n_sims 12 -> 14" in lines["simulate"], r.stdout
+    assert all(v.startswith("ran in") for v in lines.values()) and len(lines) == 8, r.stdout
     # another pipeline holding the folder: one line, exit 2, nothing touched
     with FolderLock(out):
         r = run(args, tmp_path)
