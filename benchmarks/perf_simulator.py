@@ -30,7 +30,7 @@ def _bound(n: int, w: np.ndarray):
 def _lh_set(sim, n_sims: int, out, suite: str = "SynthTNG") -> tuple[float, float]:
     """(wall s, CPU s) per simulation of ``simulate_dataset`` (files written, manifest not)."""
     from cosmoinfer.data.priors import standard_priors
-    from cosmoinfer.simulators.dataset import simulate_dataset
+    from cosmoinfer.simulators.suite_writer import simulate_dataset
 
     c0, t0 = time.process_time(), time.perf_counter()
     simulate_dataset(sim, n_sims, 0, out, suite, ["Mtot"], standard_priors(), progress=False)
@@ -86,7 +86,7 @@ def simulator(ctx: Context) -> dict:
         "thread), the wall-clock median is given beside it.",
         "Cost growth per simulation: " + "; ".join(growth) + ". FFTs grow as N^3 log N, the per-cell work "
         "as N^3, so the ratio rises with the box.",
-        "LH set: cosmoinfer.simulators.dataset.simulate_dataset (parameters drawn, maps written to a CMD-layout "
+        "LH set: cosmoinfer.simulators.suite_writer.simulate_dataset (parameters drawn, maps written to a CMD-layout "
         ".npy through a memory map) for the stated subset; the 1000-simulation time is that per-simulation "
         "time x 1000.",
     ]

@@ -24,10 +24,10 @@ from hydra import compose, initialize_config_dir
 from cosmoinfer.calibration.predictions import read_predictions
 from cosmoinfer.calibration.report import build_report
 from cosmoinfer.cli.common import CONF_DIR
-from cosmoinfer.cli.simulate import simulate
 from cosmoinfer.data.classification import SuiteClassificationDataModule, SuiteSource
 from cosmoinfer.data.manifest import maps_filename
 from cosmoinfer.errors import InputError
+from cosmoinfer.simulators.job import simulate
 from cosmoinfer.training.checkpoint import load_checkpoint
 from cosmoinfer.training.run import build_datamodule, train
 from cosmoinfer.uncertainty.evaluate import evaluate

@@ -186,6 +186,17 @@ def test_end_to_end_cli_ensemble_mc_dropout_and_comparison_report(evaluated, tmp
 # ---------------------------------------------------------------------------------------- predictions.h5
 
 
+def test_checkpoint_data_meta_round_trips_unchanged(ckpts):
+    """A real checkpoint's ``meta["data"]`` reads into a DataMeta and writes back as the same dict."""
+    from cosmoinfer.data.meta import DataMeta
+
+    model = load_checkpoint(ckpts[0])
+    raw = torch.load(ckpts[0], map_location="cpu", weights_only=True)["cosmoinfer"]["data"]
+    assert DataMeta.from_dict(raw).to_dict() == raw and list(DataMeta.from_dict(raw).to_dict()) == list(raw)
+    assert model.data.to_dict() == raw and model.meta["data"] == raw
+    assert model.data.param_names == model.param_names and model.data.grid == 16
+
+
 def test_predictions_layout_units_and_split(evaluated, ckpts, data):
     meta = load_checkpoint(ckpts[0]).meta["data"]
     table = np.loadtxt(data / params_filename(SUITE, "LH"))

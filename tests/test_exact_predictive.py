@@ -238,10 +238,10 @@ def test_methods_agree_with_each_other(case):
 
 
 def test_blockwise_methods_equal_per_item_ones(sim64):
-    from cosmoinfer.posterior import grid
+    from cosmoinfer.posterior import grid_quadrature as grid
 
     rng = np.random.default_rng(4)
-    theta = sample(PRIORS, grid._ITEMS + 5, rng)
+    theta = sample(PRIORS, grid.ITEMS_PER_BLOCK + 5, rng)
     maps = np.concatenate([sim64.simulate(t, rng, n_maps=1) for t in theta])
     q = exact_predictive(maps, sim64, PRIORS, block=100)
     last = q.subset(np.arange(q.n - 3, q.n))
@@ -363,12 +363,15 @@ def test_exact_datasets_round_trip_through_predictions_h5(tmp_path, case):
 
 
 def test_evaluate_adds_the_exact_posterior_datasets(sim64):
-    """exact_posterior_datasets on grf maps: every dataset, aligned with the split's items, and the corner grid."""
+    """The grf simulator's hook on grf maps: every dataset, aligned with the split's items, and the corner grid."""
     from types import SimpleNamespace
 
     from omegaconf import OmegaConf
 
-    from cosmoinfer.uncertainty.evaluate import exact_posterior_datasets
+    from cosmoinfer.errors import InputError
+    from cosmoinfer.simulators import extra_datasets_hook
+    from cosmoinfer.simulators.grf_exact_datasets import extra_datasets as exact_posterior_datasets
+    from cosmoinfer.uncertainty.evaluate import simulator_datasets
 
     rng = np.random.default_rng(8)
     theta = sample(PRIORS, 3, rng)
@@ -392,3 +395,10 @@ def test_evaluate_adds_the_exact_posterior_datasets(sim64):
     assert list(g["index"]) == list(range(8)) and g["omega_m"].shape == (8, 32) and g["log_density"].shape == (8, 32, 32)
     off = OmegaConf.create({"exact_posterior": "false"})
     assert exact_posterior_datasets(off, dm, "test", post) == {}
+    # the evaluator finds the hook by the simulator's name; other simulators add nothing
+    assert extra_datasets_hook("grf") is exact_posterior_datasets and extra_datasets_hook("camels_like") is None
+    assert simulator_datasets(off, dm, "test", post) == {}
+    source.manifest.extra["simulator"]["name"] = "camels_like"
+    assert simulator_datasets(OmegaConf.create({"exact_posterior": "auto"}), dm, "test", post) == {}
+    with pytest.raises(InputError, match="needs maps from the grf simulator"):
+        simulator_datasets(OmegaConf.create({"exact_posterior": "true"}), dm, "test", post)

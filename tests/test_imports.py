@@ -113,3 +113,9 @@ def test_every_module_imports_first_and_alone():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
 
+
+def test_no_module_is_much_over_500_lines():
+    # small modules named for what they hold (DESIGN.md "Style to follow"); 550 leaves a little slack
+    lengths = {name: len(path.read_text().splitlines()) for name, path in _modules().items()}
+    too_long = {name: n for name, n in sorted(lengths.items()) if n > 550}
+    assert not too_long, f"modules over 550 lines (split them by what they hold): {too_long}"

@@ -215,7 +215,7 @@ def test_check_maps_is_pure_and_names_the_file():
 
 def test_genuine_simulator_maps_pass_with_a_margin(tmp_path):
     """Both simulators, every field, a second suite under the first suite's normalisation: accepted."""
-    from cosmoinfer.cli.simulate import simulate
+    from cosmoinfer.simulators.job import simulate
 
     for name, suites, fields in (("grf", ["GRF"], ["delta"]),
                                  ("camels_like", ["SynthTNG", "SynthSIMBA"], ["Mtot", "Mgas", "T", "Mstar"])):

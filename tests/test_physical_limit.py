@@ -52,7 +52,7 @@ def test_quick_grf_run_writes_json_and_table(tmp_path):
     scale = [res["grf_fisher"][nm]["recalibration_scale"] for nm in ("Omega_m", "sigma_8")]
     assert np.allclose(scale, fit_std_scaling(cal.truth, cal.mean, cal.std), rtol=1e-5)
     assert not np.allclose(scale, fit_std_scaling(val.truth, val.mean, val.std), rtol=1e-3)
-    # the test predictions hold the exact posterior of every map (evaluate's exact_posterior_datasets)
+    # the test predictions hold the exact posterior of every map (the grf simulator's hook, simulators/grf_exact_datasets.py)
     assert {"exact_mean", "exact_std", "exact_cov", "exact_log_prob", "exact_pit", "exact_hpd",
             "exact_grid"} <= set(test.extra)
     assert test.extra["exact_grid"]["log_density"].shape == (min(test.n, 8), 24, 24)  # exact_grid=24 at quick

@@ -161,6 +161,12 @@ def test_pipeline_fresh_redoes_everything_and_a_second_pipeline_is_refused(tmp_p
     lines = _stage_lines(r.stdout)
     assert "configuration changed: n_sims 12 -> 14" in lines["simulate"], r.stdout
     assert all(v.startswith("ran in") for v in lines.values()) and len(lines) == 8, r.stdout
+    # an out_dir that is a file: one line before anything runs
+    (tmp_path / "a_file").write_text("x")
+    r = run([*args[:2], f"out_dir={tmp_path / 'a_file'}", *args[3:]], tmp_path)
+    assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")] == [
+        f"error: out_dir: {tmp_path / 'a_file'} is a file, not a folder; set out_dir to a folder"], r.stderr
     # another pipeline holding the folder: one line, exit 2, nothing touched
     with FolderLock(out):
         r = run(args, tmp_path)

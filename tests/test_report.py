@@ -510,7 +510,7 @@ def test_run_details_are_read_back(tmp_path):
 def test_report_has_headline_and_contents(tmp_path):
     from cosmoinfer.calibration.figures import CSS_PX_PER_INCH, FULL_WIDTH
     from cosmoinfer.calibration.headline import headline
-    from cosmoinfer.pipeline import summary_lines
+    from cosmoinfer.study import summary_lines
 
     single = write_single(tmp_path / "single.h5", n=300, width_factor=0.7, seed=5, extra_attrs={"run": RUN})
     single_val = write_single(tmp_path / "single_val.h5", n=300, width_factor=0.7, seed=6, split="val")
@@ -567,3 +567,17 @@ def test_report_has_headline_and_contents(tmp_path):
 def test_verdict_words_extreme_width_ratios_without_failing(scale, words):
     v = verdict("a", scale, 0.5, 0.5, 0.05, n=100)
     assert v.summary.startswith(words) and "\n" not in v.text
+
+
+def test_validation_file_of_the_test_maps_is_refused_and_labels_are_plain_text(tmp_path):
+    test = write_single(tmp_path / "test.h5", n=150)
+    copy = tmp_path / "copy.h5"
+    copy.write_bytes(test.read_bytes())
+    for val in (test, copy):  # the file itself, or the same maps under another name
+        with pytest.raises(InputError, match="holds the same maps as the test predictions"):
+            build_report(test, tmp_path / "out", val_predictions=val, **FAST)
+    assert not (tmp_path / "out" / "report.html").exists()
+    # labels are text, never matplotlib mathtext ("$\\frac{a$" would not parse)
+    other = write_single(tmp_path / "other.h5", n=150, seed=3)
+    paths = build_report([test, other], tmp_path / "out", labels=["$\\frac{a$", "b$_1"], **FAST)
+    assert "$\\frac{a$" in paths.html.read_text()

@@ -10,9 +10,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from cosmoinfer.cli.common import CONF_DIR
-from cosmoinfer.cli.simulate import build
 from cosmoinfer.data.manifest import Manifest
 from cosmoinfer.errors import InputError
+from cosmoinfer.simulators.job import build
 
 
 def _run(args, cwd):

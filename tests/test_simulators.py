@@ -13,9 +13,9 @@ from cosmoinfer.data.priors import standard_priors
 from cosmoinfer.errors import InputError
 from cosmoinfer.models import build_network
 from cosmoinfer.simulators.camels_like import SUITES, CamelsLikeSimulator, slab_matrix
-from cosmoinfer.simulators.dataset import maps_filename, params_filename, sim_seeds, simulate_dataset
 from cosmoinfer.simulators.grf import GRFSimulator, Rings
 from cosmoinfer.simulators.power import linear_power, sigma_R, slab_power_2d
+from cosmoinfer.simulators.suite_writer import maps_filename, params_filename, sim_seeds, simulate_dataset
 from cosmoinfer.simulators.summary import (
     _binning,
     binned_power_spectrum,

@@ -16,7 +16,7 @@ Parts (``--only`` picks one; default: all):
   default CMD CNN (ensemble member 0, capped at ``trainer.max_time``), further ensemble members, and the
   power-spectrum baseline (``model=ps_mlp``), evaluated on val and test; evaluate adds the exact
   posterior of every map (``exact_mean``, ``exact_std``, ``exact_log_prob``, ``exact_hpd`` ...:
-  :func:`cosmoinfer.uncertainty.evaluate.exact_posterior_datasets`). The CNNs are evaluated with test-time
+  :func:`cosmoinfer.simulators.grf_exact_datasets.extra_datasets`). The CNNs are evaluated with test-time
   augmentation (``tta=true``: the mean and variance averaged over the 8 rotations/flips of each map,
   under which the GRF likelihood is invariant) and member 0 also without it (``grf_fisher_no_tta``).
   Per parameter (the definitions of :mod:`cosmoinfer.calibration.exact`, shared with the report):

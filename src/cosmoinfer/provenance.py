@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from cosmoinfer import __version__
+from cosmoinfer.data.meta import DataMeta
 
 #: Version of the ``run`` attribute's layout.
 RUN_VERSION = 1
@@ -101,11 +102,10 @@ def run_details(models: Sequence, paths: Sequence, *, split: str, n_maps: int, n
     ``split``, ``n_maps``, ``n_sims``, ``suite``: the data this file evaluates.
     """
     meta = models[0].meta
-    d = meta.get("data", {})
-    split_meta = d.get("split") or {}
-    per_sim = int(d.get("maps_per_sim") or 0) or None
+    d = getattr(models[0], "data", None) or DataMeta.from_dict(meta["data"])
+    split_meta = d.split or {}
+    per_sim = int(d.maps_per_sim or 0) or None
     sims = {k: len(split_meta[k]) for k in ("train", "val", "test") if isinstance(split_meta.get(k), list)}
-    sim_cfg = d.get("simulator")
     epochs = [checkpoint_epochs(p) for p in paths]
     out = {
         "run_version": RUN_VERSION,
@@ -117,10 +117,10 @@ def run_details(models: Sequence, paths: Sequence, *, split: str, n_maps: int, n
         "epochs_trained": [e.get("epochs_trained") for e in epochs],
         "epochs_at_checkpoint": [e.get("epochs_at_checkpoint") for e in epochs],
         "training_data": {
-            "suite": d.get("suite"), "set": d.get("set"), "fields": list(d.get("fields") or []),
-            "params": list(d.get("param_names") or []), "grid": d.get("grid"),
-            "simulator": sim_cfg.get("name") if isinstance(sim_cfg, dict) else sim_cfg,
-            "source": d.get("h5_path") or d.get("manifest") or d.get("root"),
+            "suite": d.suite, "set": d.set, "fields": list(d.fields or []),
+            "params": list(d.param_names or []), "grid": d.grid,
+            "simulator": d.simulator_name if isinstance(d.simulator, dict) else d.simulator,
+            "source": d.h5_path or d.manifest or d.root,
             "maps_per_sim": per_sim,
             "n_sims": {k: v for k, v in sims.items()},
             "n_maps": {k: v * per_sim for k, v in sims.items()} if per_sim else {},

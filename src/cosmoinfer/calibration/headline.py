@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from scipy.special import ndtr, ndtri
 
-from cosmoinfer.calibration.metrics import ALPHA_COVERAGE, DEFAULT_LEVELS
+from cosmoinfer.calibration.levels import ALPHA_COVERAGE, DEFAULT_LEVELS
 
 #: The verdicts must tell calibrated intervals from ones this factor too narrow or too wide.
 DETECT_WIDTH_FACTOR = 1.5

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtri
 
-from cosmoinfer.calibration.metrics import DEFAULT_LEVELS, pit
+from cosmoinfer.calibration.coverage import pit
+from cosmoinfer.calibration.levels import DEFAULT_LEVELS
 
 try:  # scipy >= 1.12
     from scipy.optimize import isotonic_regression as _scipy_iso

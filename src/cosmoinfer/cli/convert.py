@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-from cosmoinfer.errors import InputError, ensure_writable_dir
+from cosmoinfer.errors import InputError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -29,10 +28,6 @@ def main(argv=None) -> int:
     from cosmoinfer.data.hdf5 import convert_to_hdf5
 
     try:
-        if Path(args.out).is_dir():
-            raise InputError("out", f"{Path(args.out).resolve()} is a folder; name the HDF5 file to write, "
-                                    f"e.g. {Path(args.out) / 'store.h5'}")
-        ensure_writable_dir(Path(args.out).resolve().parent, "out")
         out = convert_to_hdf5(args.root, args.suite, args.fields.split(","), args.out, args.set, args.manifest)
     except InputError as err:
         print(f"error: {err}", file=sys.stderr)

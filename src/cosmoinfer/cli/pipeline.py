@@ -11,7 +11,7 @@ from cosmoinfer.cli.common import CONF_DIR, guard_input_errors
 
 @guard_input_errors
 def _run(cfg: DictConfig):
-    from cosmoinfer.pipeline import run_pipeline
+    from cosmoinfer.study import run_pipeline
 
     return run_pipeline(cfg, HydraConfig.get().overrides.task)
 

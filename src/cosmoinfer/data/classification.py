@@ -30,6 +30,7 @@ from typing import Sequence
 import numpy as np
 
 from cosmoinfer.data.datamodule import CMDDataModule
+from cosmoinfer.data.meta import DataMeta
 from cosmoinfer.data.priors import Prior
 from cosmoinfer.data.sources import CMDSource
 from cosmoinfer.data.splits import SPLITS, split_by_simulation
@@ -154,9 +155,9 @@ class SuiteClassificationDataModule(CMDDataModule):
             split[k] = sorted(int(i + off) for p, off in zip(parts, src.sim_offsets) for i in p[k])
         return split
 
-    def state(self) -> dict:
-        st = super().state()
-        st.update({"datamodule": KIND, "suites": list(self.suites), "label": self.label,
-                   "roots": None if self.roots is None else [str(Path(r).resolve()) for r in self.roots],
-                   "n_sims_per_suite": list(self.source.n_sims)})
-        return st
+    def data_meta(self) -> DataMeta:
+        meta = super().data_meta()
+        meta.datamodule, meta.suites, meta.label = KIND, list(self.suites), self.label
+        meta.roots = None if self.roots is None else [str(Path(r).resolve()) for r in self.roots]
+        meta.n_sims_per_suite = list(self.source.n_sims)
+        return meta

@@ -21,7 +21,8 @@ import torch
 import torch.distributed as dist
 from torch.utils.data import DataLoader
 
-from cosmoinfer.data.dataset import MapDataset
+from cosmoinfer.data.map_dataset import MapDataset
+from cosmoinfer.data.meta import DataMeta
 from cosmoinfer.data.param_checks import check_unique
 from cosmoinfer.data.priors import Prior, from_unit, select
 from cosmoinfer.data.samplers import EpochSampler, ShardSampler
@@ -184,19 +185,21 @@ class CMDDataModule(pl.LightningDataModule):
         return batches()
 
     # ------------------------------------------------------------------ metadata for checkpoints
+    def data_meta(self) -> DataMeta:
+        """What a checkpoint must carry so evaluation needs nothing else (see :mod:`cosmoinfer.data.meta`)."""
+        return DataMeta(
+            fields=list(self.fields), param_names=list(self.param_names), priors=list(self.priors),
+            normalizer=self.normalizer.to_dict(),
+            split={k: self.split[k] for k in ("seed", "fractions", "n_sims", *SPLITS) if k in self.split},
+            suite=self.suite, set=self.set, grid=int(self.source.grid), maps_per_sim=int(self.source.maps_per_sim),
+            root=None if self.root is None else str(Path(self.root).resolve()),
+            h5_path=None if self.h5_path is None else str(Path(self.h5_path).resolve()),
+            manifest=self.manifest,
+            simulator=dict(getattr(getattr(self.source, "manifest", None), "extra", {}) or {}).get("simulator"))
+
     def state(self) -> dict:
-        """What a checkpoint must carry so evaluation needs nothing else (plain types only)."""
-        return {
-            "fields": self.fields, "param_names": self.param_names,
-            "priors": [p.to_dict() for p in self.priors], "normalizer": self.normalizer.to_dict(),
-            "split": {k: self.split[k] for k in ("seed", "fractions", "n_sims", *SPLITS) if k in self.split},
-            "suite": self.suite, "set": self.set, "grid": int(self.source.grid),
-            "maps_per_sim": int(self.source.maps_per_sim),
-            "root": None if self.root is None else str(Path(self.root).resolve()),
-            "h5_path": None if self.h5_path is None else str(Path(self.h5_path).resolve()),
-            "manifest": self.manifest,
-            "simulator": dict(getattr(getattr(self.source, "manifest", None), "extra", {}) or {}).get("simulator"),
-        }
+        """:meth:`data_meta` as the plain dict stored in checkpoints (``meta["data"]``)."""
+        return self.data_meta().to_dict()
 
     def to_physical(self, y_unit: np.ndarray | torch.Tensor) -> np.ndarray:
         return from_unit(np.asarray(y_unit), self.priors)

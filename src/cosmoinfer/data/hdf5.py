@@ -9,7 +9,7 @@ from typing import Sequence
 import numpy as np
 
 from cosmoinfer.data.sources import CMDSource
-from cosmoinfer.errors import atomic_path
+from cosmoinfer.errors import InputError, atomic_path, ensure_writable_dir
 
 
 def convert_to_hdf5(root, suite: str, fields: Sequence[str], out_path, set_: str = "LH",
@@ -17,12 +17,18 @@ def convert_to_hdf5(root, suite: str, fields: Sequence[str], out_path, set_: str
     """Write ``out_path`` (HDF5) from the CMD files in ``root``, streaming ``block`` maps at a time.
 
     ``maps`` is ``(n_maps, C, H, W)`` float32 chunked one map per chunk, so a random-access
-    DataLoader reads exactly one chunk per sample. The write is atomic.
+    DataLoader reads exactly one chunk per sample. The write is atomic. An ``out_path`` that is a
+    folder, or lies in a folder that cannot be written, is refused (:class:`InputError` naming
+    ``out``) before any map is read.
     """
     import h5py
 
-    src = CMDSource(root, suite, fields, set_, manifest)
     out_path = Path(out_path)
+    if out_path.is_dir():
+        raise InputError("out", f"{out_path.resolve()} is a folder; name the HDF5 file to write, "
+                                f"e.g. {out_path / 'store.h5'}")
+    ensure_writable_dir(out_path.resolve().parent, "out")
+    src = CMDSource(root, suite, fields, set_, manifest)
     with atomic_path(out_path) as tmp:
         with h5py.File(tmp, "w") as f:
             shape = (src.n_maps, len(src.fields), src.grid, src.grid)

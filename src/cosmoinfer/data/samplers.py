@@ -6,7 +6,7 @@ state, on how many epochs ran in this process, or on DataLoader workers: a run r
 checkpoint at the end of epoch ``e`` sees exactly the maps, in the same order and the same views,
 that the uninterrupted run saw in epoch ``e + 1``. Lightning calls :meth:`EpochSampler.set_epoch`
 before every epoch. It yields ``(map position, view)`` pairs, which
-:class:`~cosmoinfer.data.dataset.MapDataset` accepts as indices.
+:class:`~cosmoinfer.data.map_dataset.MapDataset` accepts as indices.
 
 Under DDP rank ``r`` of ``w`` takes every ``w``-th map of the (padded) permutation, as torch's
 ``DistributedSampler`` does; :class:`ShardSampler` shards evaluation without padding.

@@ -1,6 +1,6 @@
 """Map sources: a CMD-layout folder (memory-mapped ``.npy``) or the project's HDF5 store.
 
-Both expose the same small interface, used by :class:`cosmoinfer.data.dataset.MapDataset`:
+Both expose the same small interface, used by :class:`cosmoinfer.data.map_dataset.MapDataset`:
 
 - ``n_maps``, ``grid``, ``fields`` (channel names), ``maps_per_sim``;
 - ``params`` ``(n_sims, n_columns)`` float64 and ``param_names`` (file column order);

@@ -44,7 +44,8 @@ from zuko.transforms import (
 )
 
 from cosmoinfer.errors import InputError
-from cosmoinfer.models.likelihoods import LOG_2PI, Likelihood, _check_raw, register_likelihood
+from cosmoinfer.models.likelihood_base import LOG_2PI, Likelihood, check_raw
+from cosmoinfer.models.likelihoods import register_likelihood
 
 __all__ = ["ARAffineTransform", "ConditionalFlow", "LogitTransform"]
 
@@ -187,7 +188,7 @@ class ConditionalFlow(Likelihood):
 
     def transform(self, raw: Tensor) -> ComposedTransform:
         """The bijection ``u (N, S, P)`` in the open unit box -> ``z (N, S, P)``, per map's raw outputs."""
-        _check_raw(raw, self.n_outputs, self.name)
+        check_raw(raw, self.n_outputs, self.name)
         n, p, k = raw.shape[0], self.n_params, self.n_bins
         s_const, s_coef, s_spline = self._layer_sizes()
         ts = [LogitTransform(), MonotonicAffineTransform(raw[:, None, p: 2 * p], raw[:, None, :p])]
@@ -218,7 +219,7 @@ class ConditionalFlow(Likelihood):
 
     def sample_unit(self, raw: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
         """``n`` draws per map, ``(N, n, P)``, all strictly inside the unit box (to float precision)."""
-        _check_raw(raw, self.n_outputs, self.name)
+        check_raw(raw, self.n_outputs, self.name)
         device = generator.device if generator is not None else raw.device
         z = torch.randn((raw.shape[0], int(n), self.n_params), generator=generator, device=device,
                         dtype=raw.dtype).to(raw.device)

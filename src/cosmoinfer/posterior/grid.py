@@ -19,7 +19,7 @@ density is ``p(theta) = q / (theta_0 theta_1)``), and ``log_norm (N,)``, the log
 object, :meth:`GridPredictive.log_prob` is the analytic log-density minus ``ln Z`` (the grid only
 normalises); without it the grid is interpolated.
 
-Quadrature: Simpson's rule along ``x`` and within each column (an odd number of nodes; the
+Quadrature (:mod:`~cosmoinfer.posterior.grid_quadrature`): Simpson's rule along ``x`` and within each column (an odd number of nodes; the
 trapezoid rule otherwise), so windows cut by the prior box cost ``O(h^4)``. Cumulative quantities
 (marginal CDFs, highest-density masses) take the log-density as a cubic between nodes (Hermite,
 reproducing a Gaussian exactly) and combine columns with trapezoid weights.
@@ -37,9 +37,17 @@ import numpy as np
 from scipy.special import logsumexp
 
 from cosmoinfer.posterior.bijection import Bijection
-
-#: log-density values below the row maximum minus this are treated as this (keeps the cubics finite)
-_FLOOR = 60.0
+from cosmoinfer.posterior.grid_quadrature import (
+    LogCubic,
+    blockwise,
+    cubic_exp_integral,
+    cubic_peak,
+    cubic_root,
+    cubic_value,
+    floor_log,
+    hermite_cubic,
+    simpson_weights,
+)
 
 
 class PointDensity(Protocol):
@@ -50,143 +58,6 @@ class PointDensity(Protocol):
     """
 
     def __call__(self, theta: np.ndarray, items: np.ndarray) -> np.ndarray: ...
-
-
-def simpson_weights(n: int) -> np.ndarray:
-    """Composite Simpson weights for ``n`` equally spaced nodes at unit spacing (trapezoid if ``n`` is even)."""
-    w = np.ones(n)
-    if n < 2:
-        return w
-    if n % 2 == 1 and n >= 3:
-        w[1:-1:2], w[2:-1:2] = 4.0, 2.0
-        return w / 3.0
-    w[0] = w[-1] = 0.5
-    return w
-
-
-def _floor(lf: np.ndarray) -> np.ndarray:
-    """Log values with ``-inf`` (and anything far below the row maximum) raised to ``max - _FLOOR``."""
-    top = np.max(lf, axis=-1, keepdims=True)
-    top = np.where(np.isfinite(top), top, 0.0)
-    return np.maximum(lf, top - _FLOOR)
-
-
-_GL_X, _GL_W = np.polynomial.legendre.leggauss(6)
-_GL_U, _GL_W = (_GL_X + 1) / 2, _GL_W / 2  # on [0, 1]
-#: items per block in the heavier methods (bounds memory at a few x 10 MB per array)
-_ITEMS = 256
-
-
-def _cubic(f0, f1, m0, m1) -> np.ndarray:
-    """Hermite cubic on ``u`` in [0, 1] with end values ``f0``, ``f1`` and slopes ``m0``, ``m1``: coefficients ``(..., 4)``."""
-    return np.stack([f0, m0, 3 * (f1 - f0) - 2 * m0 - m1, 2 * (f0 - f1) + m0 + m1], axis=-1)
-
-
-def _value(c: np.ndarray, u) -> np.ndarray:
-    return c[..., 0] + u * (c[..., 1] + u * (c[..., 2] + u * c[..., 3]))
-
-
-def _slope(c: np.ndarray, u) -> np.ndarray:
-    return c[..., 1] + u * (2 * c[..., 2] + 3 * u * c[..., 3])
-
-
-def _partial(c: np.ndarray, s) -> np.ndarray:
-    """``int_0^s exp(cubic(u)) du`` per segment, ``c (..., 4)``, ``s (...)`` in [0, 1] (6-point Gauss-Legendre)."""
-    s = np.asarray(s, dtype=np.float64)
-    return s * np.sum(_GL_W * np.exp(_value(c[..., None, :], s[..., None] * _GL_U)), axis=-1)
-
-
-def _cubic_root(c: np.ndarray, a=0.0, b=1.0, n_iter: int = 10) -> np.ndarray:
-    """A root in ``[a, b]`` of the cubics ``c (..., 4)`` whose values at ``a`` and ``b`` differ in sign (safeguarded Newton)."""
-    a, b = (np.broadcast_to(np.asarray(v, dtype=np.float64), c.shape[:-1]).copy() for v in (a, b))
-    fa, fb = _value(c, a), _value(c, b)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        u = np.clip(a + np.where(fa != fb, fa / (fa - fb), 0.5) * (b - a), a, b)
-        for _ in range(n_iter):
-            fu = _value(c, u)
-            same = np.sign(fu) == np.sign(fa)
-            a, b = np.where(same, u, a), np.where(same, b, u)
-            step = u - fu / _slope(c, u)
-            u = np.where(np.isfinite(step) & (step > a) & (step < b), step, 0.5 * (a + b))
-    return u
-
-
-def _cubic_peak(c: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Position in [0, 1] and value of the largest interior maximum of the cubics ``c (..., 4)`` (value -inf if none)."""
-    c1, c2, c3 = c[..., 1], c[..., 2], c[..., 3]
-    best_u, best_v = np.full(c1.shape, 0.5), np.full(c1.shape, -np.inf)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        disc = np.sqrt(np.maximum(c2 * c2 - 3 * c3 * c1, 0.0))
-        quad = np.abs(c3) > 1e-12 * (np.abs(c2) + np.abs(c1) + 1e-300)
-        for r in (np.where(quad, (-c2 + disc) / (3 * c3), -c1 / (2 * c2)),
-                  np.where(quad, (-c2 - disc) / (3 * c3), np.nan)):
-            v = _value(c, r)
-            ok = (r > 0) & (r < 1) & (2 * c2 + 6 * c3 * r < 0) & (v > best_v)
-            best_u, best_v = np.where(ok, r, best_u), np.where(ok, v, best_v)
-    return best_u, best_v
-
-
-class _LogCubic:
-    """Densities ``exp(lf (..., G))`` on equally spaced nodes with ``lf`` a cubic between nodes.
-
-    The cubic is Hermite with second-order finite-difference slopes (a quadratic ``lf``, i.e. a
-    Gaussian, is reproduced exactly). Whole segments (per unit node spacing) are integrated by the
-    end-corrected trapezoid rule ``(g0 + g1) / 2 + (g0' - g1') / 12``, part segments by
-    Gauss-Legendre on the cubic. Built once, evaluated at many points.
-    """
-
-    def __init__(self, lf: np.ndarray):
-        lf = _floor(np.asarray(lf, dtype=np.float64))
-        self.g = lf.shape[-1]
-        self.f = lf - np.max(lf, axis=-1, keepdims=True)
-        self.m = np.gradient(self.f, axis=-1, edge_order=2) if self.g > 2 else np.repeat(
-            np.diff(self.f, axis=-1), 2, axis=-1)
-        e = np.exp(self.f)
-        em = e * self.m
-        self.seg = np.maximum(0.5 * (e[..., :-1] + e[..., 1:]) + (em[..., :-1] - em[..., 1:]) / 12, 0.0)
-        self.cum = np.concatenate([np.zeros(self.seg.shape[:-1] + (1,)), np.cumsum(self.seg, axis=-1)], axis=-1)
-        self.total = self.cum[..., -1]
-
-    def coeffs(self, k: np.ndarray) -> np.ndarray:
-        """Cubic of segment ``k`` (an index array broadcasting against the rows) -> ``(..., 4)``."""
-        k = np.asarray(k)[..., None]
-        t = lambda a, j: np.take_along_axis(a, k + j, axis=-1)[..., 0]  # noqa: E731
-        return _cubic(t(self.f, 0), t(self.f, 1), t(self.m, 0), t(self.m, 1))
-
-    def cdf(self, first, h, x0) -> np.ndarray:
-        """CDF at ``x0`` for rows whose nodes are ``first + h k`` (all broadcasting); 0 below, 1 above, 0 for no mass."""
-        first, h, x0 = np.broadcast_arrays(*(np.asarray(a, dtype=np.float64) for a in (first, h, x0)))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            pos = np.where(h > 0, (x0 - first) / np.where(h > 0, h, 1.0), 0.0)
-        k = np.clip(np.floor(pos), 0, self.g - 2).astype(np.int64)
-        s = np.clip(pos - k, 0.0, 1.0)
-        part = np.take_along_axis(self.cum, k[..., None], axis=-1)[..., 0] + _partial(self.coeffs(k), s)
-        total = np.broadcast_to(self.total, part.shape)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            f = np.where(total > 0, part / total, 0.0)
-        return np.clip(np.where(pos <= 0, 0.0, np.where(pos >= self.g - 1, 1.0, f)), 0.0, 1.0)
-
-
-def _blockwise(axis: int = 0):
-    """Run a method on blocks of :data:`_ITEMS` items (array arguments split along their first axis)."""
-    def wrap(fn):
-        def run(self, *args, **kwargs):
-            if self.n <= _ITEMS:
-                return fn(self, *args, **kwargs)
-            outs = []
-            for a in range(0, self.n, _ITEMS):
-                sl = slice(a, min(a + _ITEMS, self.n))
-                part = [x[sl] if isinstance(x, np.ndarray) and x.ndim >= 1 and x.shape[0] == self.n else x
-                        for x in args]
-                outs.append(fn(self._view(sl), *part, **kwargs))
-            if isinstance(outs[0], tuple):
-                return tuple(np.concatenate(o, axis=axis) for o in zip(*outs))
-            return np.concatenate(outs, axis=axis)
-
-        run.__doc__, run.__name__ = fn.__doc__, fn.__name__
-        return run
-
-    return wrap
 
 
 @dataclass
@@ -302,7 +173,7 @@ class GridPredictive:
                        log_norm=self.log_norm[idx], items=self.items[idx])
 
     # ------------------------------------------------------------------ moments
-    @_blockwise()
+    @blockwise()
     def moments(self) -> tuple[np.ndarray, np.ndarray]:
         """Physical mean ``(N, 2)`` and covariance ``(N, 2, 2)`` (Simpson over the grid)."""
         m = self.node_mass()
@@ -323,7 +194,7 @@ class GridPredictive:
     def std(self) -> np.ndarray:
         return np.sqrt(np.diagonal(self.moments()[1], axis1=-2, axis2=-1))
 
-    @_blockwise()
+    @blockwise()
     def moments_unit(self) -> tuple[np.ndarray, np.ndarray]:
         """Per-parameter mean and standard deviation in the priors' unit coordinates, ``(N, 2)`` each."""
         m = self.node_mass()
@@ -362,12 +233,12 @@ class GridPredictive:
         tp = np.where(ok, tp, 0.0)
         j = np.clip(np.floor(tp), 0, gy - 2).astype(np.int64)
         u = tp - j
-        lq = _floor(self.log_q)
+        lq = floor_log(self.log_q)
         m = self._cached("slopes", lambda: np.gradient(lq, axis=-1, edge_order=2))
-        col = [_value(_cubic(lq[n, c, j], lq[n, c, j + 1], m[n, c, j], m[n, c, j + 1]), u) for c in (i, i + 1)]
+        col = [cubic_value(hermite_cubic(lq[n, c, j], lq[n, c, j + 1], m[n, c, j], m[n, c, j + 1]), u) for c in (i, i + 1)]
         return np.where(ok, (1 - s) * col[0] + s * col[1] - x0 - y0, -np.inf)
 
-    @_blockwise()
+    @blockwise()
     def marginal_log_prob(self, theta: np.ndarray) -> np.ndarray:
         """Per-parameter marginal log-densities in physical units at ``theta (N, 2)`` -> ``(N, 2)``.
 
@@ -422,18 +293,18 @@ class GridPredictive:
 
     def _cdf_x(self, x0: np.ndarray) -> np.ndarray:
         """Marginal CDF of ``ln theta_0`` at ``x0 (N,)`` -> ``(N,)``."""
-        tab = self._cached("cdf_x", lambda: _LogCubic(self.column_log_mass()))
+        tab = self._cached("cdf_x", lambda: LogCubic(self.column_log_mass()))
         return tab.cdf(self.x[:, 0], self.dx, x0)
 
     def _cdf_y(self, y0: np.ndarray) -> np.ndarray:
         """Marginal CDF of ``ln theta_1`` at ``y0 (N,)`` -> ``(N,)``: the columns' conditional CDFs, weighted."""
-        tab = self._cached("cdf_y", lambda: _LogCubic(self.log_q))  # rows: (N, Gx)
+        tab = self._cached("cdf_y", lambda: LogCubic(self.log_q))  # rows: (N, Gx)
         y0 = np.asarray(y0, dtype=np.float64)[:, None]
         c = tab.cdf(self.lo, self.dy, y0)  # (N, Gx)
         c = np.where(self.hi <= self.lo, (y0 >= self.lo).astype(float), c)  # empty columns hold no mass
         return np.sum(c * self._column_masses(), axis=1)
 
-    @_blockwise()
+    @blockwise()
     def marginal_cdf(self, theta: np.ndarray) -> np.ndarray:
         """Per-parameter marginal CDFs at ``theta (N, 2)`` -> ``(N, 2)`` (the PIT at the truth)."""
         theta = np.asarray(theta, dtype=np.float64)
@@ -441,7 +312,7 @@ class GridPredictive:
             lt = np.where(theta > 0, np.log(np.where(theta > 0, theta, 1.0)), -1e300)
         return np.stack([self._cdf_x(lt[:, 0]), self._cdf_y(lt[:, 1])], axis=1)
 
-    @_blockwise()
+    @blockwise()
     def marginal_ppf(self, q, n_iter: int = 50) -> np.ndarray:
         """Per-parameter marginal quantiles at levels ``q`` (scalar or ``(N, 2)``) -> ``(N, 2)`` (bisection)."""
         q = np.broadcast_to(np.asarray(q, dtype=np.float64), (self.n, 2))
@@ -463,27 +334,27 @@ class GridPredictive:
         return self.marginal_ppf(0.5 - level / 2), self.marginal_ppf(0.5 + level / 2)
 
     # ------------------------------------------------------------------ regions
-    @_blockwise()
+    @blockwise()
     def hpd_credibility(self, theta: np.ndarray, rng: np.random.Generator | None = None,
                         n_samples: int | None = None) -> np.ndarray:
         """Mass of ``{theta' : p(theta') > p(theta)}`` (physical density), ``(N,)``; no sampling.
 
-        Within each column the log-density is a cubic between nodes (:class:`_LogCubic`), the
+        Within each column the log-density is a cubic between nodes (:class:`LogCubic`), the
         level is crossed at the cubic's roots (also between two nodes below the level around a
         column's maximum, as at the tips of the region), and columns are combined with trapezoid
         weights. ``rng`` and ``n_samples`` are accepted for the common interface and unused.
         """
         level = self.log_prob(np.asarray(theta, dtype=np.float64))  # (N,)
-        dq = _LogCubic(self.log_q)
+        dq = LogCubic(self.log_q)
         # the physical log-density minus the level, and its slope per node (y_j = lo + dy j)
-        lp = dq.f + (np.max(_floor(self.log_q), axis=-1, keepdims=True) - self.x[..., None] - self.y
+        lp = dq.f + (np.max(floor_log(self.log_q), axis=-1, keepdims=True) - self.x[..., None] - self.y
                      - level[:, None, None])
         mp = dq.m - self.dy[..., None]
         ea, eb = lp[..., :-1], lp[..., 1:]
         frac = np.sum(np.where((ea >= 0) & (eb >= 0), dq.seg, 0.0), axis=-1)  # (N, Gx)
         n, i, k = np.nonzero((ea >= 0) != (eb >= 0))  # the segments that cross the level
-        u = _cubic_root(_cubic(lp[n, i, k], lp[n, i, k + 1], mp[n, i, k], mp[n, i, k + 1]))
-        part = _partial(_cubic(dq.f[n, i, k], dq.f[n, i, k + 1], dq.m[n, i, k], dq.m[n, i, k + 1]), u)
+        u = cubic_root(hermite_cubic(lp[n, i, k], lp[n, i, k + 1], mp[n, i, k], mp[n, i, k + 1]))
+        part = cubic_exp_integral(hermite_cubic(dq.f[n, i, k], dq.f[n, i, k + 1], dq.m[n, i, k], dq.m[n, i, k + 1]), u)
         np.add.at(frac, (n, i), np.where(ea[n, i, k] >= 0, part, dq.seg[n, i, k] - part))
         # a column with no node above the level may still rise above it between the two nodes around
         # its maximum (the tips of the region along the ridge; a region smaller than a cell)
@@ -492,19 +363,19 @@ class GridPredictive:
             k = np.clip(top + off, 0, self.shape[1] - 2)
             n, i = np.nonzero((lp.max(axis=-1) < 0) & (top + off >= 0) & (top + off <= self.shape[1] - 2))
             k = k[n, i]
-            cp = _cubic(lp[n, i, k], lp[n, i, k + 1], mp[n, i, k], mp[n, i, k + 1])
-            um, vm = _cubic_peak(cp)
+            cp = hermite_cubic(lp[n, i, k], lp[n, i, k + 1], mp[n, i, k], mp[n, i, k + 1])
+            um, vm = cubic_peak(cp)
             up = vm > 0
             n, i, k, cp, um = n[up], i[up], k[up], cp[up], um[up]
-            u1, u2 = _cubic_root(cp, 0.0, um), _cubic_root(cp, um, 1.0)
-            cq = _cubic(dq.f[n, i, k], dq.f[n, i, k + 1], dq.m[n, i, k], dq.m[n, i, k + 1])
-            np.add.at(frac, (n, i), _partial(cq, u2) - _partial(cq, u1))
+            u1, u2 = cubic_root(cp, 0.0, um), cubic_root(cp, um, 1.0)
+            cq = hermite_cubic(dq.f[n, i, k], dq.f[n, i, k + 1], dq.m[n, i, k], dq.m[n, i, k + 1])
+            np.add.at(frac, (n, i), cubic_exp_integral(cq, u2) - cubic_exp_integral(cq, u1))
         with np.errstate(divide="ignore", invalid="ignore"):
             frac = np.where(dq.total > 0, frac / dq.total, 0.0)
         return np.clip(np.sum(self._column_masses() * frac, axis=1), 0.0, 1.0)
 
     # ------------------------------------------------------------------ draws
-    @_blockwise(axis=1)
+    @blockwise(axis=1)
     def sample(self, n_samples: int, rng: np.random.Generator, truncate: bool = False) -> np.ndarray:
         """``n_samples`` physical draws per item, ``(S, N, 2)``, always inside the grid (hence the prior box).
 
@@ -546,7 +417,7 @@ class GridPredictive:
         return np.exp(np.stack([x, y], axis=-1))
 
     # ------------------------------------------------------------------ pictures
-    @_blockwise()
+    @blockwise()
     def axis_grid(self, n_grid: int = 128, drop: float = 25.0, pad: float = 0.1):
         """The density on an axis-aligned grid in physical units around its mass, for corner plots.
 

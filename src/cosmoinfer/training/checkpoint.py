@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from cosmoinfer.data.meta import DataMeta
 from cosmoinfer.data.priors import Prior
 from cosmoinfer.data.transforms import Normalizer
 from cosmoinfer.errors import InputError
@@ -17,24 +18,33 @@ from cosmoinfer.models.network import Network, build_network
 
 @dataclass
 class LoadedModel:
-    """A network ready for inference, its likelihood head and the training run's metadata."""
+    """A network ready for inference, its likelihood head and the training run's metadata.
+
+    ``meta``: the checkpoint's plain ``cosmoinfer`` dict (``model``, ``loss``, ``data``, ``seed``, ...);
+    ``data``: its ``meta["data"]`` as a :class:`~cosmoinfer.data.meta.DataMeta`.
+    """
 
     path: Path
     network: Network
     likelihood: Likelihood
     meta: dict
+    data: DataMeta = None  # type: ignore[assignment]
+
+    def __post_init__(self):
+        if self.data is None:
+            self.data = DataMeta.from_dict(self.meta["data"])
 
     @property
     def priors(self) -> list[Prior]:
-        return [Prior.from_dict(p) for p in self.meta["data"]["priors"]]
+        return list(self.data.priors)
 
     @property
     def param_names(self) -> list[str]:
-        return list(self.meta["data"]["param_names"])
+        return list(self.data.param_names)
 
     @property
     def normalizer(self) -> Normalizer:
-        return Normalizer.from_dict(self.meta["data"]["normalizer"])
+        return self.data.normalization
 
 
 def read_checkpoint(path) -> dict:
@@ -74,10 +84,11 @@ def check_finite_weights(state: dict, path) -> None:
 
 def build_from_meta(meta: dict) -> tuple[Network, Likelihood]:
     """Rebuild the untrained network and likelihood described by checkpoint metadata."""
-    likelihood = build_likelihood(n_params=len(meta["data"]["param_names"]), **meta["loss"])
-    network = build_network(in_channels=len(meta["data"]["fields"]), grid=int(meta["data"]["grid"]),
-                            n_outputs=likelihood.n_outputs, **meta["model"])
-    norm = meta["data"]["normalizer"]
+    data = DataMeta.from_dict(meta["data"])
+    likelihood = build_likelihood(n_params=len(data.param_names), **meta["loss"])
+    network = build_network(in_channels=len(data.fields), grid=int(data.grid), n_outputs=likelihood.n_outputs,
+                            **meta["model"])
+    norm = data.normalizer
     if hasattr(network, "set_input_stats"):
         network.set_input_stats(torch.tensor(norm["mean"]), torch.tensor(norm["std"]), torch.tensor(norm["log"]))
     return network, likelihood
@@ -101,4 +112,4 @@ def load_checkpoint(path) -> LoadedModel:
                          f"({detail[:200]})") from None
     check_finite_weights(state, path)
     network.eval()
-    return LoadedModel(Path(path), network, likelihood, meta)
+    return LoadedModel(Path(path), network, likelihood, meta, DataMeta.from_dict(meta["data"]))

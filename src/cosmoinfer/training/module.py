@@ -16,6 +16,7 @@ import pytorch_lightning as pl
 import torch
 import torchmetrics
 
+from cosmoinfer.data.priors import Prior
 from cosmoinfer.models.likelihoods import Likelihood
 from cosmoinfer.models.network import Network
 from cosmoinfer.training.callbacks import NonFiniteLossError, time_budget
@@ -42,11 +43,11 @@ class PosteriorModule(pl.LightningModule):
         super().__init__()
         self.network, self.likelihood, self.meta = network, likelihood, meta
         self.optimizer_cfg, self.scheduler_cfg = optimizer, scheduler
-        priors = meta["data"]["priors"]
-        self.param_names = [p["name"] for p in priors]
-        is_log = [p["distribution"] == "log-uniform" for p in priors]
-        lo = [math.log(p["low"]) if lg else p["low"] for p, lg in zip(priors, is_log)]
-        hi = [math.log(p["high"]) if lg else p["high"] for p, lg in zip(priors, is_log)]
+        priors = [Prior.from_dict(p) for p in meta["data"]["priors"]]
+        self.param_names = [p.name for p in priors]
+        is_log = [p.log for p in priors]
+        lo = [math.log(p.low) if p.log else p.low for p in priors]
+        hi = [math.log(p.high) if p.log else p.high for p in priors]
         self.register_buffer("p_low", torch.tensor(lo), persistent=False)
         self.register_buffer("p_high", torch.tensor(hi), persistent=False)
         self.register_buffer("p_log", torch.tensor(is_log), persistent=False)

@@ -13,6 +13,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from cosmoinfer.data.datamodule import CMDDataModule
+from cosmoinfer.data.meta import DataMeta
 from cosmoinfer.data.splits import save_split
 from cosmoinfer.errors import ensure_writable_dir
 from cosmoinfer.models.likelihoods import build_likelihood
@@ -113,7 +114,7 @@ def train(cfg: DictConfig) -> float | None:
         ckpt = read_checkpoint(last)  # refuses pickled code before Lightning touches the file
         meta = ckpt["cosmoinfer"]
         check_resume_config(cfg, run_configs(cfg), dm, meta, last)  # the same run, or one line naming the key
-        dm.split = meta["data"]["split"]
+        dm.split = DataMeta.from_dict(meta["data"]).split
         ckpt_path = str(last)
         log.info("resuming from %s (epoch %s)", last, ckpt.get("epoch"))
     dm.setup("fit")  # raises on an empty validation split

@@ -12,6 +12,7 @@ import numpy as np
 from omegaconf import DictConfig, ListConfig
 
 from cosmoinfer.data.datamodule import CMDDataModule
+from cosmoinfer.data.meta import DataMeta, split_ids
 from cosmoinfer.errors import InputError, ensure_writable_dir
 from cosmoinfer.posterior.predictions import write_predictions
 from cosmoinfer.uncertainty.checkpoints import resolve_checkpoints
@@ -50,25 +51,24 @@ def _mismatch(path, key: str, ckpt, given) -> InputError:
                             f"(drop the override, or evaluate a checkpoint trained with it)")
 
 
-def check_data_config(d, meta: dict, path) -> None:
+def check_data_config(d, meta: DataMeta | dict, path) -> None:
     """``data.*`` keys that define the model or the split must agree with the checkpoint's ``meta``.
 
-    ``d`` is ``cfg.data``; ``meta`` a checkpoint's ``meta["data"]``; ``path`` the checkpoint (named in
-    the error). Unset (null) keys are not checked; ``log_fields=auto`` is checked once the data is
-    open (:func:`_check_auto_log_fields`).
+    ``d`` is ``cfg.data``; ``meta`` a checkpoint's :class:`DataMeta` (or its ``meta["data"]`` dict);
+    ``path`` the checkpoint (named in the error). Unset (null) keys are not checked;
+    ``log_fields=auto`` is checked once the data is open (:func:`_check_auto_log_fields`).
     """
-    fields = list(meta["fields"])
-    norm = meta["normalizer"]
-    split = meta.get("split") or {}
-    for key, ckpt in (("fields", fields), ("params", list(meta["param_names"]))):
+    meta = DataMeta.coerce(meta)
+    fields, split = list(meta.fields), meta.split or {}
+    for key, ckpt in (("fields", fields), ("params", list(meta.param_names))):
         v = _given(d, key)
         if v is not None:
             v = [v] if isinstance(v, str) else [str(x) for x in v]
             if v != ckpt:
                 raise _mismatch(path, key, ckpt, v)
     v = _given(d, "label")
-    if v is not None and str(v) != meta["param_names"][0]:
-        raise _mismatch(path, "label", meta["param_names"][0], v)
+    if v is not None and str(v) != meta.param_names[0]:
+        raise _mismatch(path, "label", meta.param_names[0], v)
     v = _given(d, "split_seed")
     if v is not None and split.get("seed") is not None and int(v) != int(split["seed"]):
         raise _mismatch(path, "split_seed", split["seed"], v)
@@ -77,7 +77,7 @@ def check_data_config(d, meta: dict, path) -> None:
         ok = len(v) == len(split["fractions"]) and np.allclose(np.asarray(v, float), split["fractions"])
         if not ok:
             raise _mismatch(path, "split_fractions", split["fractions"], v)
-    logs = [bool(x) for x in norm["log"]]
+    logs = meta.log_flags
     v = _given(d, "log_fields")
     if v is not None and v != "auto":
         v = [v] if isinstance(v, str) else [str(x) for x in v]
@@ -85,22 +85,22 @@ def check_data_config(d, meta: dict, path) -> None:
             raise _mismatch(path, "log_fields", [f for f, lg in zip(fields, logs) if lg], v)
     v = _given(d, "log_offset")
     if v is not None:
-        ckpt = {f: float(o) for f, o in zip(fields, norm["offset"])}
+        ckpt = {f: float(o) for f, o in zip(fields, meta.normalizer["offset"])}
         if not isinstance(v, dict) or any(f not in ckpt for f in v) or not all(
                 np.isclose(float(v.get(f, 0.0)), o, rtol=1e-6, atol=0) for f, o in ckpt.items()):
             raise _mismatch(path, "log_offset", {f: o for f, o in ckpt.items() if o}, v)
 
 
-def _check_auto_log_fields(d, meta: dict, dm, path) -> None:
+def _check_auto_log_fields(d, meta: DataMeta, dm, path) -> None:
     """``data.log_fields=auto``: log10 every positive field of the data, as the checkpoint did."""
     if _given(d, "log_fields") != "auto":
         return
     positive = getattr(dm.source, "positive", None)
-    logs = [bool(x) for x in meta["normalizer"]["log"]]
-    if positive is not None and [bool(p) for p in positive] != logs:
-        fields = list(meta["fields"])
+    if positive is not None and [bool(p) for p in positive] != meta.log_flags:
+        fields = list(meta.fields)
         raise InputError(path, f"data.log_fields=auto (log10 of {[f for f, p in zip(fields, positive) if p]}) does "
-                               f"not match the checkpoint's data.log_fields={[f for f, lg in zip(fields, logs) if lg]}")
+                               f"not match the checkpoint's data.log_fields="
+                               f"{[f for f, lg in zip(fields, meta.log_flags) if lg]}")
 
 
 def _same_path(given, stored) -> bool:
@@ -111,72 +111,68 @@ def _same_path(given, stored) -> bool:
     return Path(str(given)).expanduser().resolve() == Path(str(stored)).expanduser().resolve()
 
 
-def _other(d, meta: dict, key: str) -> bool:
+def _other(d, meta: DataMeta, key: str) -> bool:
     """Whether ``data.<key>`` is given and names other data than the checkpoint's."""
-    v = _given(d, key)
+    v, stored = _given(d, key), getattr(meta, key)
     if v is None:
         return False
     if key in ("root", "h5_path", "manifest"):
-        return not _same_path(v, meta.get(key))
+        return not _same_path(v, stored)
     if key == "roots":
-        stored = meta.get("roots")
         return stored is None or len(v) != len(stored) or not all(_same_path(a, b) for a, b in zip(v, stored))
     if key == "suites":
-        return [str(x) for x in v] != list(meta.get("suites") or [])
-    return str(v) != str(meta.get(key))
+        return [str(x) for x in v] != list(stored or [])
+    return str(v) != str(stored)
 
 
-def _split_ids(split: dict) -> dict:
-    return {k: sorted(int(i) for i in split.get(k, [])) for k in ("train", "val", "test")}
-
-
-def build_eval_datamodule(cfg: DictConfig, meta: dict, path=None) -> CMDDataModule:
+def build_eval_datamodule(cfg: DictConfig, meta: DataMeta | dict, path=None) -> CMDDataModule:
     """The training data and split by default; other CMD-layout data where ``cfg.data`` says so.
 
-    ``meta`` is a checkpoint's ``meta["data"]``: fields, parameters, normalisation statistics and
-    split of the training run; ``path`` the checkpoint, named in errors. ``cfg.data`` takes every
-    key of the train data config (:data:`MODEL_KEYS` must agree with the checkpoint, see
-    :func:`check_data_config`). On other data (``data.root``/``suite``/``set``/``h5_path``/
-    ``manifest``/``suites`` given with values other than the checkpoint's) the split is recomputed
-    with the training run's seed and fractions (or read from ``data.split_file``), so use
-    ``split=all`` to evaluate every map.
+    ``meta`` is a checkpoint's :class:`DataMeta` (or its ``meta["data"]`` dict): fields,
+    parameters, normalisation statistics and split of the training run; ``path`` the checkpoint,
+    named in errors. ``cfg.data`` takes every key of the train data config (:data:`MODEL_KEYS` must
+    agree with the checkpoint, see :func:`check_data_config`). On other data (``data.root``/
+    ``suite``/``set``/``h5_path``/``manifest``/``suites`` given with values other than the
+    checkpoint's) the split is recomputed with the training run's seed and fractions (or read from
+    ``data.split_file``), so use ``split=all`` to evaluate every map.
     """
+    meta = DataMeta.coerce(meta)
     d = cfg.get("data") or {}
     where = path or "checkpoint"
     check_data_config(d, meta, where)
+    split = meta.split or {}
     batch = _given(d, "eval_batch_size") or _given(d, "batch_size") or 64
-    common = dict(set=_given(d, "set") or meta["set"], fields=meta["fields"],
-                  split_seed=meta["split"].get("seed", 0), eval_batch_size=int(batch),
-                  num_workers=int(_given(d, "num_workers") or 0), pin_memory=bool(_given(d, "pin_memory") or False),
-                  normalizer=meta["normalizer"], augment=False, validate=str(_given(d, "validate") or "all"))
-    if meta.get("split", {}).get("fractions"):
-        common["split_fractions"] = meta["split"]["fractions"]
+    common = dict(set=_given(d, "set") or meta.set, fields=meta.fields, split_seed=split.get("seed", 0),
+                  eval_batch_size=int(batch), num_workers=int(_given(d, "num_workers") or 0),
+                  pin_memory=bool(_given(d, "pin_memory") or False), normalizer=meta.normalizer, augment=False,
+                  validate=str(_given(d, "validate") or "all"))
+    if split.get("fractions"):
+        common["split_fractions"] = split["fractions"]
     split_file = _given(d, "split_file")
-    if meta.get("datamodule") == "suite_classification":
+    if meta.is_suite_classifier:
         from cosmoinfer.data.classification import SuiteClassificationDataModule
 
         same = not any(_other(d, meta, k) for k in ("root", "roots", "suites", "set"))
-        suites = list(_given(d, "suites") or meta["suites"])
         root = _given(d, "root")
-        roots = _given(d, "roots") or (None if root else meta.get("roots"))
-        dm = SuiteClassificationDataModule(suites=suites, root=root or meta.get("root"), roots=roots,
-                                           label=meta["param_names"][0], split=meta["split"] if same else None,
-                                           split_file=None if same else split_file, **common)
+        dm = SuiteClassificationDataModule(
+            suites=list(_given(d, "suites") or meta.suites), root=root or meta.root,
+            roots=_given(d, "roots") or (None if root else meta.roots), label=meta.param_names[0],
+            split=meta.split if same else None, split_file=None if same else split_file, **common)
     else:
         if _given(d, "suites") or _given(d, "roots"):
             raise InputError("data.suites", "only applies to checkpoints of a suite classifier; use data.suite "
                                             "and data.root")
         same = not any(_other(d, meta, k) for k in ("root", "h5_path", "suite", "set", "manifest"))
-        root = _given(d, "root") or (meta.get("root") if not _given(d, "h5_path") else None)
-        h5 = _given(d, "h5_path") or (meta.get("h5_path") if same else None)
         dm = CMDDataModule(
-            root=root, suite=_given(d, "suite") or meta["suite"], params=meta["param_names"],
-            manifest=_given(d, "manifest") or (meta.get("manifest") if same else None), h5_path=h5,
-            split=meta["split"] if same else None, split_file=None if same else split_file, **common)
+            root=_given(d, "root") or (meta.root if not _given(d, "h5_path") else None),
+            suite=_given(d, "suite") or meta.suite, params=meta.param_names,
+            manifest=_given(d, "manifest") or (meta.manifest if same else None),
+            h5_path=_given(d, "h5_path") or (meta.h5_path if same else None),
+            split=meta.split if same else None, split_file=None if same else split_file, **common)
     if same and split_file:
         from cosmoinfer.data.splits import load_split
 
-        if _split_ids(load_split(split_file)) != _split_ids(meta["split"]):
+        if split_ids(load_split(split_file)) != meta.split_ids():
             raise InputError(split_file, f"data.split_file holds another train/val/test split than the checkpoint "
                                          f"{where} was trained on (drop data.split_file to use the checkpoint's)")
     dm.setup("test")
@@ -222,7 +218,7 @@ def evaluate(cfg: DictConfig) -> Path:
         raise InputError("evaluator.n_samples", f"MC dropout needs at least 2 passes, got {n_samples}")
     predictor = Predictor(paths, mc_samples=n_samples, tta=bool(cfg.get("tta", False)), seed=int(cfg.seed),
                           device=str(cfg.get("device", "cpu")), flow_samples=int(cfg.get("flow_samples") or 1000))
-    meta = predictor.models[0].meta["data"]
+    meta = predictor.models[0].data
     dm = build_eval_datamodule(cfg, meta, paths[0])
     split = str(cfg.split)
     n_batches = len(dm.split_dataloader(split))
@@ -231,10 +227,10 @@ def evaluate(cfg: DictConfig) -> Path:
     # every evaluated map is checked (NaN/inf, non-positive in a log10 field, map size, far outside the
     # training range) as it is read, before normalisation: the first bad one stops the run with one line
     # naming its file, index and field, and nothing is written
-    grid = int(meta["grid"])
+    grid = int(meta.grid)
     batches = progress(dm.checked_batches(split, expected_hw=(grid, grid)), n_batches)
     post = predictor.predict_batches(batches, target_priors=dm.priors)
-    extra = exact_posterior_datasets(cfg, dm, split, post)
+    extra = simulator_datasets(cfg, dm, split, post)
     out = Path(cfg.out_dir) / "predictions.h5"
     from cosmoinfer.provenance import run_details
 
@@ -248,60 +244,24 @@ def evaluate(cfg: DictConfig) -> Path:
     return out
 
 
-def exact_posterior_datasets(cfg: DictConfig, dm: CMDDataModule, split: str, post: Posterior) -> dict:
-    """The exact posterior of every map of the ``grf`` simulator (the physical limit), as extra datasets.
+def simulator_datasets(cfg: DictConfig, dm: CMDDataModule, split: str, post: Posterior) -> dict:
+    """Datasets that the simulator of the evaluated maps adds to ``predictions.h5``, or ``{}``.
 
-    For ``data.params = [Omega_m, sigma_8]`` (``cfg.exact_posterior``: ``auto`` | ``true`` |
-    ``false``), from :func:`cosmoinfer.simulators.exact.exact_predictive`, physical units:
-    ``exact_mean``, ``exact_std (N, P)``, ``exact_cov (N, P, P)``, ``exact_log_prob (N,)`` =
-    ``log p_exact(theta_true | x)`` (nats, Jacobian of the physical units included),
-    ``exact_pit (N, P)`` (marginal CDFs at the truth), ``exact_hpd (N,)`` (highest-density
-    credibility of the truth) and ``exact_grid``, a dict (an HDF5 group in predictions.h5) for
-    corner plots of the first ``min(N, 8)`` maps: ``index (n,)`` item indices, ``omega_m (n, G)``,
-    ``sigma_8 (n, G)`` equally spaced axes around the posterior mass and ``log_density (n, G, G)``
-    (``[n, i, j]`` at ``(omega_m[n, i], sigma_8[n, j])``), ``G = cfg.exact_grid``.
+    The simulator is named in the data's manifest (``simulator.name``); its hook comes from
+    :func:`cosmoinfer.simulators.extra_datasets_hook` (for ``grf`` maps: the exact posterior of every
+    map, see :func:`cosmoinfer.simulators.grf_exact_datasets.extra_datasets`). ``exact_posterior=true``
+    on maps of a simulator without one is an :class:`InputError`.
     """
-    want = str(cfg.get("exact_posterior", "auto")).lower()
-    sim_cfg = None
-    if hasattr(dm.source, "manifest"):
-        sim_cfg = (dm.source.manifest.extra or {}).get("simulator")
-    is_grf = isinstance(sim_cfg, dict) and sim_cfg.get("name") == "grf"
-    if want in ("false", "none", "0") or (want == "auto" and not is_grf):
-        return {}
-    if not is_grf:
-        raise InputError(dm.source.root, "exact_posterior=true needs maps from the grf simulator")
-    if list(post.param_names) != ["Omega_m", "sigma_8"]:
-        log.warning("exact posterior is computed for [Omega_m, sigma_8] only; skipped for %s", post.param_names)
-        return {}
-    from cosmoinfer.simulators.exact import exact_predictive
-    from cosmoinfer.simulators.grf import GRFSimulator
+    from cosmoinfer.simulators import extra_datasets_hook
 
-    sim = GRFSimulator(**{k: v for k, v in sim_cfg.items() if k in ("grid", "box_size", "slab_thickness",
-                                                                      "noise_std")})
-    idx = dm.datasets[split].indices
-    truth = np.asarray(post.truth, dtype=np.float64)
-    n_grid = int(cfg.get("exact_grid") or 128)
-    rng = np.random.default_rng(0)
-    keys = ("exact_mean", "exact_std", "exact_cov", "exact_log_prob", "exact_pit", "exact_hpd")
-    res: dict = {k: [] for k in keys}
-    grid = None
-    for i0 in range(0, len(idx), 512):
-        block = idx[i0:i0 + 512]
-        maps = np.stack([dm.source.read_one(int(i))[0] for i in block])  # only these maps, ``(n, H, W)``
-        q = exact_predictive(maps, sim, dm.priors)
-        t = truth[i0:i0 + len(block)]
-        mean, cov = q.moments()
-        for k, v in zip(keys, (mean, np.sqrt(np.diagonal(cov, axis1=1, axis2=2)), cov, q.log_prob(t),
-                               q.marginal_cdf(t), q.hpd_credibility(t, rng))):
-            res[k].append(v)
-        if grid is None:
-            pick = np.arange(min(len(block), 8))
-            om, s8, ld = q.subset(pick).axis_grid(n_grid)
-            grid = {"index": pick + i0, "omega_m": om, "sigma_8": s8, "log_density": ld}
-    out = {k: np.concatenate(v) for k, v in res.items()}
-    if grid is not None:
-        out["exact_grid"] = grid
-    return out
+    manifest = getattr(dm.source, "manifest", None)
+    sim_cfg = (getattr(manifest, "extra", None) or {}).get("simulator") if manifest is not None else None
+    hook = extra_datasets_hook(sim_cfg.get("name") if isinstance(sim_cfg, dict) else None)
+    if hook is not None:
+        return hook(cfg, dm, split, post)
+    if str(cfg.get("exact_posterior", "auto")).lower() not in ("auto", "false", "none", "0"):
+        raise InputError(dm.source.root, "exact_posterior=true needs maps from the grf simulator")
+    return {}
 
 
 def write_posterior(path: Path, post: Posterior, predictor: Predictor, method: str, split: str,
@@ -312,3 +272,11 @@ def write_posterior(path: Path, post: Posterior, predictor: Predictor, method: s
         split=split, member_mean=post.member_mean, member_std=post.member_std, cov=post.cov,
         n_members=n_members, n_samples=n_samples or None, priors=predictor.priors, extra_datasets=extra or None,
         extra_attrs=attrs, task=post.task, predictive=post.predictive)
+
+
+def __getattr__(name: str):
+    if name == "exact_posterior_datasets":  # its former home: the grf simulator's hook now
+        from cosmoinfer.simulators.grf_exact_datasets import extra_datasets
+
+        return extra_datasets
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -141,11 +141,6 @@ class Posterior:
         return self.mean + self.std * rng.standard_normal((n,) + self.mean.shape)
 
 
-def _split_ids(meta: dict) -> dict:
-    split = meta.get("split") or {}
-    return {k: [int(i) for i in split.get(k, [])] for k in ("train", "val", "test")}
-
-
 def check_compatible(models: Sequence[LoadedModel]) -> None:
     """Members must agree on fields, parameters, priors, input grid, split and normalisation.
 
@@ -157,11 +152,13 @@ def check_compatible(models: Sequence[LoadedModel]) -> None:
     for m in models[1:]:
         for key, what in (("fields", "fields"), ("param_names", "parameters (data.params)"),
                           ("priors", "priors"), ("grid", "map size (grid)")):
-            if m.meta["data"].get(key) != ref.meta["data"].get(key):
-                raise InputError(m.path, f"ensemble members disagree on {what}: {m.meta['data'].get(key)} vs "
-                                 f"{ref.meta['data'].get(key)} in {ref.path}; train all members with the same "
-                                 f"data config")
-        if _split_ids(m.meta["data"]) != _split_ids(ref.meta["data"]):
+            mine, theirs = getattr(m.data, key), getattr(ref.data, key)
+            if mine != theirs:
+                if key == "priors":
+                    mine, theirs = [p.to_dict() for p in mine], [p.to_dict() for p in theirs]
+                raise InputError(m.path, f"ensemble members disagree on {what}: {mine} vs {theirs} in {ref.path}; "
+                                 f"train all members with the same data config")
+        if m.data.split_ids() != ref.data.split_ids():
             raise InputError(m.path, f"ensemble members were trained on different train/val/test splits than "
                              f"{ref.path}; train all members with the same data.split_seed (or data.split_file)")
         a, b = m.normalizer, ref.normalizer
@@ -455,10 +452,10 @@ class Predictor:
         than the training maps, NaN or inf pixels, non-positive values in a log10-transformed
         field, and maps far outside the range of the training maps (e.g. already log10-transformed).
         """
-        data = self.models[0].meta["data"]
-        grid = int(data["grid"])
+        data = self.models[0].data
+        grid = int(data.grid)
         x = torch.from_numpy(check_maps(maps, self.normalizer, expected_hw=(grid, grid), where="maps",
-                                        fields=list(data["fields"])))
+                                        fields=list(data.fields)))
         return self.predict_batches(x[i:i + batch_size] for i in range(0, len(x), batch_size))
 
 

@@ -1,4 +1,5 @@
-"""Multi-stage runs: simulate -> train M members -> evaluate 4 ways (val and test) -> report.
+"""The whole study in one folder, as `cosmoinfer-pipeline` runs it: simulate -> train M members ->
+evaluate 4 ways (val and test) -> report.
 
 Each stage runs the real console script in a subprocess, exactly as a user would, and writes
 into one output folder::
@@ -26,7 +27,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from cosmoinfer.calibration.headline import headline
-from cosmoinfer.errors import InputError
+from cosmoinfer.errors import InputError, ensure_writable_dir
 from cosmoinfer.stages import FolderLock, Stage, StageRunner, fmt_seconds, terminate_on_sigterm
 
 #: Prefixes of command-line overrides forwarded to cosmoinfer-train.
@@ -108,7 +109,7 @@ def build_stages(cfg: DictConfig, task_overrides=()) -> list[Stage]:
 
 def run_pipeline(cfg: DictConfig, task_overrides=()) -> Path:
     """Run (or reuse) every stage; print a summary and return the path of ``report.html``."""
-    out = Path(cfg.out_dir).resolve()
+    out = ensure_writable_dir(Path(cfg.out_dir).resolve(), "out_dir")  # before any stage runs
     out.mkdir(parents=True, exist_ok=True)
     terminate_on_sigterm()
     t0 = time.time()
