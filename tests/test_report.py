@@ -581,3 +581,13 @@ def test_validation_file_of_the_test_maps_is_refused_and_labels_are_plain_text(t
     other = write_single(tmp_path / "other.h5", n=150, seed=3)
     paths = build_report([test, other], tmp_path / "out", labels=["$\\frac{a$", "b$_1"], **FAST)
     assert "$\\frac{a$" in paths.html.read_text()
+
+
+def test_absurd_widths_are_refused_in_one_line(tmp_path):
+    p = write_single(tmp_path / "wide.h5", n=150, width_factor=1e300)
+    with pytest.raises(InputError, match=r"wide\.h5: dataset 'std' of Omega_m reaches .* not a posterior width"):
+        build_report(p, tmp_path / "out", **FAST)
+    assert not (tmp_path / "out" / "report.html").exists()
+    # very wide but finite widths are a verdict, not an error
+    paths = build_report(write_single(tmp_path / "ok.h5", n=150, width_factor=1e3), tmp_path / "out", **FAST)
+    assert "too wide by a factor of" in paths.metrics.read_text()

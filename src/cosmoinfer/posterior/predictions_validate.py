@@ -23,6 +23,9 @@ from cosmoinfer.posterior.predictions_schema import (
     Predictions,
 )
 
+#: A predictive std beyond this many times the scale of the truths (their range or size) is refused.
+MAX_WIDTH_FACTOR = 1e6
+
 
 def validate(path: Path, data: dict[str, np.ndarray], attrs: dict[str, Any]) -> Predictions:
     """The :class:`Predictions` of a file's datasets ``data`` and attributes ``attrs`` (predictive not yet set)."""
@@ -83,6 +86,14 @@ def validate(path: Path, data: dict[str, np.ndarray], attrs: dict[str, Any]) -> 
         std = np_shaped("std")
         if np.any(std <= 0):
             raise InputError(path, f"dataset 'std' has {int((std <= 0).sum())} values <= 0; widths must be positive")
+        # a width a million times the scale of the parameter is no posterior (a unit error, a broken head)
+        scale = np.maximum(np.ptp(truth, axis=0), np.max(np.abs(truth), axis=0))
+        huge = std > MAX_WIDTH_FACTOR * np.where(scale > 0, scale, 1.0)
+        if np.any(huge):
+            j = int(np.argwhere(huge)[0][1])
+            raise InputError(path, f"dataset 'std' of {names[j]} reaches {float(std[:, j].max()):.3g}, more than "
+                                   f"{MAX_WIDTH_FACTOR:.0e} times the scale of its truths ({float(scale[j]):.3g}): "
+                                   "not a posterior width (physical units expected)")
         alea = np_shaped("std_aleatoric")
         epi = np_shaped("std_epistemic")
     for k, a in (("std_aleatoric", alea), ("std_epistemic", epi)):
