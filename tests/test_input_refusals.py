@@ -305,3 +305,25 @@ def test_help_lists_only_the_config_groups_that_apply(cli_runs):
         assert groups and absent not in groups, (stage, groups)
         for g, options in groups.items():
             assert sorted(o.strip() for o in options.split(",")) == sorted(p.stem for p in (conf / g).glob("*.yaml")), g
+
+
+@pytest.mark.parametrize("err,ok", [(OSError(28, "No space left on device", "/out/predictions.h5"), True),
+                                    (OSError(30, "Read-only file system", "/out"), True),
+                                    (OSError("Unable to synchronously write (No space left on device)"), True),
+                                    (OSError(2, "No such file or directory", "/missing"), False)])
+def test_output_failures_are_one_line_and_other_os_errors_keep_their_traceback(err, ok, capsys):
+    from cosmoinfer.cli.common import guard_input_errors
+
+    @guard_input_errors
+    def stage(cfg):
+        raise err
+
+    if not ok:
+        with pytest.raises(OSError):
+            stage({})
+        return
+    with pytest.raises(SystemExit) as exit_:
+        stage({})
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "nothing was written" in lines[0]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import logging
 import sys
@@ -94,5 +95,28 @@ def guard_input_errors(fn: Callable) -> Callable:
         except MissingMandatoryValue as err:
             key = getattr(err, "full_key", None) or "a setting"
             _fail(missing_message(str(key)))
+        except OSError as err:
+            line = output_failure(err)
+            if line is None:
+                raise
+            _fail(line)
 
     return wrapper
+
+
+#: errno values of a failed write the user can act on (the disk, quota, permissions), not bugs.
+OUTPUT_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+
+
+def output_failure(err: OSError) -> str | None:
+    """One line for an output failure (full disk, quota, read-only, permissions), else ``None``.
+
+    Writes are atomic (temporary file, then rename), so such a failure leaves no partial output.
+    h5py reports a full disk as an ``OSError`` without errno, naming it in its message.
+    """
+    text = str(err)
+    if err.errno not in OUTPUT_ERRNOS and "No space left on device" not in text:
+        return None
+    where = err.filename or "output"
+    what = err.strerror or text.split("(")[0].strip() or "write failed"
+    return f"{where}: {what}; nothing was written (free space or choose another out_dir)"
