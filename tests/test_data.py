@@ -256,3 +256,34 @@ def test_a_damaged_chunk_of_an_hdf5_store_is_one_line_naming_the_store(tmp_path)
         src.read_one(3)
     with pytest.raises(InputError, match=r"maps 0:8 cannot be read"):
         src.read(0, 8)
+
+
+def test_an_input_error_in_a_dataloader_worker_stays_one_line(tmp_path):
+    import h5py
+
+    from cosmoinfer.data.hdf5 import convert_to_hdf5
+    from cosmoinfer.data.sources import H5Source
+    from cosmoinfer.errors import InputError
+
+    root = tmp_path / "cmd"
+    write_cmd_folder(root, n_sims=2, grid=16, fields=("Mtot",), suite="TestSuite")
+    store = convert_to_hdf5(root, "TestSuite", ["Mtot"], tmp_path / "store.h5", compression="gzip")
+    with h5py.File(store, "r") as f:
+        info = f["maps"].id.get_chunk_info(1)
+    raw = bytearray(store.read_bytes())
+    raw[info.byte_offset:info.byte_offset + info.size] = b"\x00" * info.size
+    store.write_bytes(bytes(raw))
+
+    class Maps(torch.utils.data.Dataset):
+        def __len__(self):
+            return 4
+
+        def __getitem__(self, i):
+            return torch.from_numpy(H5Source(store, ["Mtot"]).read_one(i))
+
+    loader = torch.utils.data.DataLoader(Maps(), batch_size=2, num_workers=1)
+    with pytest.raises(InputError) as err:
+        list(loader)
+    text = str(err.value)
+    assert text.startswith(f"{store}: map 1 cannot be read, the store is damaged (")
+    assert "\n" not in text and "Traceback" not in text and "worker" not in text

@@ -15,11 +15,21 @@ from typing import Iterator
 
 
 class InputError(ValueError):
-    """Bad user input: ``InputError(path, what)`` renders as ``"<path>: <what>"`` on one line."""
+    """Bad user input: ``InputError(path, what)`` renders as ``"<path>: <what>"`` on one line.
 
-    def __init__(self, path: str | os.PathLike | None, what: str):
-        self.path = None if path is None else str(path)
-        self.what = " ".join(str(what).split())  # always one line
+    ``InputError(text)`` (one argument) is how torch rebuilds an error raised in a DataLoader
+    worker: the text is its "Caught InputError in DataLoader worker ..." traceback, whose last line
+    holds the original message, which is kept (so a bad map read by a worker is still one line).
+    """
+
+    def __init__(self, path: str | os.PathLike | None, what: str | None = None):
+        if what is None:  # rebuilt from one text: torch re-raising a DataLoader worker's error
+            lines = [ln for ln in str(path).splitlines() if ln.strip()]
+            last = lines[-1].split("InputError: ", 1)[-1] if lines else ""
+            self.path, self.what = None, " ".join(last.split())  # its last line is the original message
+        else:
+            self.path = None if path is None else str(path)
+            self.what = " ".join(str(what).split())  # always one line
         super().__init__(self.what if self.path is None else f"{self.path}: {self.what}")
 
 
