@@ -84,7 +84,7 @@ def build_stages(cfg: DictConfig, task_overrides=()) -> list[Stage]:
     # 3. evaluate every method on val (for recalibration) and test
     evals = {}
     for method in p.methods:
-        n_use = 1 if method in ("single", "mc_dropout") else len(members)
+        n_use = 1 if method in ("single", "mc_dropout", "bnn") else len(members)
         for split in ("val", "test"):
             folder = out / "predictions" / method / split
             args = [f"evaluator={method}", f"checkpoints=[{','.join(ckpts[:n_use])}]", f"split={split}",

@@ -25,6 +25,11 @@ Architectures (``arch``) and their options (defaults in brackets):
   (:class:`~cosmoinfer.models.power_spectrum_net.PowerSpectrumBackbone`; head: ``n_layers`` x
   (FC, LeakyReLU, dropout), FC -> n_outputs).
 
+Bayesian head (every architecture): ``bayesian_head`` [false] makes the head's linear layers
+mean-field variational (:mod:`cosmoinfer.models.bayesian`), with prior ``N(0, bayes_prior_std^2)``
+[1.0] and initial posterior standard deviation ``bayes_init_std`` [1e-3]; trained on the ELBO,
+evaluated with ``evaluator=bnn``. Absent in older checkpoints, which load as plain heads.
+
 Common options: ``init`` [kaiming_normal | xavier | lecun | pytorch] (see
 :mod:`cosmoinfer.models.init`), ``init_out_scale`` [0.1] (factor on the head's last layer
 weights after init, so raw outputs start near 0), ``channels_last`` [false] (store conv weights,
@@ -41,6 +46,7 @@ from torch import Tensor, nn
 
 from cosmoinfer.errors import InputError
 from cosmoinfer.models.backbones import CMDBackbone, ResNetBackbone, has_dropout
+from cosmoinfer.models.bayesian import BayesLinear, bayes_layers, network_kl
 from cosmoinfer.models.init import LEAKY_SLOPE, init_weights
 from cosmoinfer.models.power_spectrum_net import PowerSpectrumBackbone
 
@@ -51,11 +57,18 @@ class MLPHead(nn.Module):
     ``[Dropout] -> (Linear -> LeakyReLU(0.2) -> Dropout) x len(hidden) -> Linear``; the leading
     dropout on the features is applied when ``input_dropout`` (CMD drops the flattened features).
     The last layer has no activation: its outputs are the likelihood's raw outputs.
+    ``bayesian``: every linear layer is a mean-field :class:`~cosmoinfer.models.bayesian.BayesLinear`
+    with prior ``N(0, prior_std^2)`` and initial posterior standard deviation ``init_std``.
     """
 
     def __init__(self, in_features: int, hidden: Sequence[int], n_outputs: int, dropout: float = 0.0,
-                 input_dropout: bool = False):
+                 input_dropout: bool = False, bayesian: bool = False, prior_std: float = 1.0,
+                 init_std: float = 1e-3):
         super().__init__()
+
+        def linear(i: int, o: int) -> nn.Linear:
+            return BayesLinear(i, o, prior_std=prior_std, init_std=init_std) if bayesian else nn.Linear(i, o)
+
         if not 0.0 <= dropout < 1.0:
             raise InputError(None, f"model.dropout must be in [0, 1), got {dropout}")
         layers: list[nn.Module] = []
@@ -63,11 +76,11 @@ class MLPHead(nn.Module):
             layers.append(nn.Dropout(dropout))
         width = in_features
         for h in hidden:
-            layers += [nn.Linear(width, int(h)), nn.LeakyReLU(LEAKY_SLOPE)]
+            layers += [linear(width, int(h)), nn.LeakyReLU(LEAKY_SLOPE)]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = int(h)
-        layers.append(nn.Linear(width, n_outputs))
+        layers.append(linear(width, n_outputs))
         self.n_outputs = int(n_outputs)
         self.net = nn.Sequential(*layers)
 
@@ -106,6 +119,15 @@ class Network(nn.Module):
         return self.backbone(x)
 
     @property
+    def is_bayesian(self) -> bool:
+        """True if the network has mean-field variational layers (``model.bayesian_head=true``)."""
+        return bool(bayes_layers(self))
+
+    def kl(self) -> Tensor:
+        """KL divergence (nats) of the variational weights from their prior; 0 for a plain network."""
+        return network_kl(self)
+
+    @property
     def dropout_in_head_only(self) -> bool:
         """True if the backbone holds no dropout layer (MC dropout may run it once, the head T times)."""
         return not has_dropout(self.backbone)
@@ -134,8 +156,13 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Options of every architecture for a Bayesian head (absent in older checkpoints: a plain head).
+BAYES_DEFAULTS: dict[str, Any] = {"bayesian_head": False, "bayes_prior_std": 1.0, "bayes_init_std": 1e-3}
+
+
 def build_network(arch: str, in_channels: int, grid: int, n_outputs: int, init: str = "kaiming_normal",
-                  channels_last: bool = False, init_out_scale: float = 0.1, **kwargs: Any) -> Network:
+                  channels_last: bool = False, init_out_scale: float = 0.1, bayesian_head: bool = False,
+                  bayes_prior_std: float = 1.0, bayes_init_std: float = 1e-3, **kwargs: Any) -> Network:
     """Build ``arch`` (``cmd_cnn`` | ``resnet`` | ``ps_mlp``) for ``(B, in_channels, grid, grid)`` inputs.
 
     ``n_outputs``: raw outputs the likelihood needs (``likelihood.n_outputs``). ``kwargs``: the
@@ -150,36 +177,39 @@ def build_network(arch: str, in_channels: int, grid: int, n_outputs: int, init: 
         raise InputError(None, f"model.arch: unknown architecture {arch!r}; choose one of {', '.join(ARCH_DEFAULTS)}")
     unknown = sorted(set(kwargs) - set(ARCH_DEFAULTS[arch]))
     if unknown:
-        valid = ", ".join([*ARCH_DEFAULTS[arch], "init", "init_out_scale", "channels_last"])
+        valid = ", ".join([*ARCH_DEFAULTS[arch], "init", "init_out_scale", "channels_last", *BAYES_DEFAULTS])
         raise InputError(None, f"model: unknown option(s) {', '.join(unknown)} for arch {arch}; valid options: {valid}")
     if int(in_channels) < 1 or int(n_outputs) < 1:
         raise InputError(None, f"model: need in_channels >= 1 and n_outputs >= 1, got {in_channels}, {n_outputs}")
     o = {**ARCH_DEFAULTS[arch], **{k: _as_list(v) for k, v in kwargs.items()}}
     c, g, n = int(in_channels), int(grid), int(n_outputs)
+    bayes = {"bayesian": bool(bayesian_head), "prior_std": float(bayes_prior_std), "init_std": float(bayes_init_std)}
 
     if arch == "cmd_cnn":
         backbone = CMDBackbone(c, g, hidden=int(o["hidden"]), max_channels=o["max_channels"], pool=o["pool"],
                                norm=str(o["norm"]), activation=str(o["activation"]))
         f = backbone.n_features
-        head = MLPHead(f, [max(f // 2, 1)], n, dropout=float(o["dropout"]), input_dropout=True)
+        head = MLPHead(f, [max(f // 2, 1)], n, dropout=float(o["dropout"]), input_dropout=True, **bayes)
     elif arch == "resnet":
         backbone = ResNetBackbone(c, g, depth=o["depth"], width=int(o["width"]), max_channels=o["max_channels"],
                                   dropout=float(o["dropout"]), dropout_in_blocks=bool(o["dropout_in_blocks"]))
         f = backbone.n_features
         hh = f if o["head_hidden"] is None else int(o["head_hidden"])
-        head = MLPHead(f, [hh], n, dropout=float(o["dropout"]), input_dropout=True)
+        head = MLPHead(f, [hh], n, dropout=float(o["dropout"]), input_dropout=True, **bayes)
     else:
         backbone = PowerSpectrumBackbone(c, g, n_bins=int(o["n_bins"]), overdensity=o["overdensity"],
                                          k_max=str(o["k_max"]), include_mean=bool(o["include_mean"]))
         head = MLPHead(backbone.n_features, [int(o["hidden"])] * int(o["n_layers"]), n,
-                       dropout=float(o["dropout"]), input_dropout=False)
+                       dropout=float(o["dropout"]), input_dropout=False, **bayes)
     init_weights(backbone, init)
     init_weights(head, init)
     with torch.no_grad():
         head.net[-1].weight.mul_(float(init_out_scale))
     hparams = {"arch": arch, "in_channels": c, "grid": g, "n_outputs": n, "init": init,
                "channels_last": bool(channels_last), "init_out_scale": float(init_out_scale), **o}
+    if bayesian_head:
+        hparams.update(bayesian_head=True, bayes_prior_std=float(bayes_prior_std), bayes_init_std=float(bayes_init_std))
     return Network(backbone, head, arch=arch, hparams=hparams, channels_last=bool(channels_last))
 
 
-__all__ = ["Network", "MLPHead", "build_network", "ARCH_DEFAULTS"]
+__all__ = ["Network", "MLPHead", "build_network", "ARCH_DEFAULTS", "BAYES_DEFAULTS"]

@@ -27,7 +27,7 @@ group ``predictive`` (format version 2): the whole predictive distribution, fait
     ``member_mean``/``member_std``, ``cov`` or ``mean``/``std`` as Gaussians in physical units.
 attributes
     ``format_version`` (2), ``param_names`` (list of str), ``method`` (e.g. ``single``,
-    ``ensemble``, ``mc_dropout``), ``split`` (e.g. ``test``), ``n_members`` or ``n_samples``;
+    ``ensemble``, ``mc_dropout``, ``bnn``), ``split`` (e.g. ``test``), ``n_members`` or ``n_samples``;
     optional ``priors`` (JSON list of :meth:`Prior.to_dict`), ``task`` (``regression`` default,
     or ``classification``), ``run`` (JSON object of :func:`cosmoinfer.provenance.run_details`:
     what was trained, on what, for how long; read into ``Predictions.run``, ``None`` when absent).

@@ -53,7 +53,7 @@ def write_predictions(
         truth, mean, std, std_aleatoric, std_epistemic: ``(N, P)`` in physical units.
         sim_id: ``(N,)`` integer simulation index of each item.
         param_names: ``P`` names, in column order.
-        method, split: stored as attributes (``single | ensemble | mc_dropout | ...``; ``test``...).
+        method, split: stored as attributes (``single | ensemble | mc_dropout | bnn | ...``; ``test``...).
         member_mean, member_std: optional ``(M, N, P)`` per-member Gaussians.
         cov: optional ``(N, P, P)`` predictive covariance (full-covariance heads).
         n_members, n_samples: ensemble size or number of MC-dropout passes (attribute).

@@ -4,6 +4,11 @@ Training runs in normalised parameter units (the unit cube of the prior); per-pa
 are logged in physical units. Everything evaluation needs (model and loss configs, field and
 parameter names, priors, normalisation statistics, the split) is stored as plain data under
 ``checkpoint["cosmoinfer"]``, so a checkpoint loads with ``torch.load(weights_only=True)``.
+
+A Bayesian head (``model.bayesian_head=true``, :mod:`cosmoinfer.models.bayesian`) trains on the
+negative ELBO per map, ``mean NLL + KL / N_train`` with ``N_train`` the number of training maps,
+weights drawn in every training forward; ``train/nll`` and ``train/kl`` (nats, whole network) are
+logged beside ``train/loss``. Validation uses the weight means (``val/loss`` is their NLL).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import torch
 import torchmetrics
 
 from cosmoinfer.data.priors import Prior
+from cosmoinfer.models.bayesian import rho_parameters
 from cosmoinfer.models.likelihoods import Likelihood
 from cosmoinfer.models.network import Network
 from cosmoinfer.training.callbacks import NonFiniteLossError, time_budget
@@ -57,13 +63,34 @@ class PosteriorModule(pl.LightningModule):
         self.val_mse = torchmetrics.MetricCollection(
             {f"rmse_{n}": torchmetrics.MeanSquaredError(squared=False) for n in self.param_names})
         self.val_acc = torchmetrics.MeanMetric()  # classification: fraction of maps with (p >= 0.5) == label
+        self.bayesian = bool(getattr(network, "is_bayesian", False))
+        self._kl_weight: float | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.network(x)
 
+    def kl_weight(self) -> float:
+        """``1 / N_train``: the ELBO per map is ``mean NLL + KL / N_train`` (N_train = training maps).
+
+        Counted once from the training set (the whole set, not a DDP shard: the gradients of the
+        per-rank mean NLL are averaged over ranks, so the KL is shared the same way).
+        """
+        if self._kl_weight is None:
+            dm = getattr(self.trainer, "datamodule", None)
+            ds = (getattr(dm, "datasets", None) or {}).get("train")
+            if ds is None:
+                ds = self.trainer.train_dataloader.dataset
+            self._kl_weight = 1.0 / max(len(ds), 1)
+        return self._kl_weight
+
     def training_step(self, batch, batch_idx):
         x, y, _ = batch
         loss = self.likelihood.loss(self.network(x), y)
+        if self.bayesian:  # negative ELBO per map: NLL (weights drawn in the forward) + KL / N_train
+            kl = self.network.kl()
+            self.log("train/nll", loss.detach(), on_step=True, on_epoch=True, batch_size=len(x))
+            self.log("train/kl", kl.detach(), on_step=False, on_epoch=True, batch_size=len(x))
+            loss = loss + self.kl_weight() * kl
         if not torch.isfinite(loss):
             raise NonFiniteLossError(
                 f"non-finite training loss ({loss.item()}) at step {self.global_step}, epoch {self.current_epoch}, step {self.global_step}; "
@@ -101,7 +128,13 @@ class PosteriorModule(pl.LightningModule):
             self.val_acc.reset()
 
     def configure_optimizers(self):
-        opt = hydra.utils.instantiate(self.optimizer_cfg)(self.parameters())
+        params = self.parameters()
+        if self.bayesian:  # the KL regularises the posterior widths: no weight decay on them
+            rhos = rho_parameters(self.network)
+            ids = {id(p) for p in rhos}
+            params = [{"params": [p for p in self.parameters() if id(p) not in ids]},
+                      {"params": rhos, "weight_decay": 0.0}]
+        opt = hydra.utils.instantiate(self.optimizer_cfg)(params)
         if not self.scheduler_cfg:
             return opt
         cfg = dict(self.scheduler_cfg)

@@ -21,6 +21,7 @@ import numpy as np
 
 from cosmoinfer.data.splits import SPLITS, load_split, split_by_simulation
 from cosmoinfer.errors import InputError
+from cosmoinfer.models.network import BAYES_DEFAULTS
 
 
 class _Unset:
@@ -106,7 +107,11 @@ def check_resume_config(cfg, configs: dict, dm, meta: dict, path: Path) -> None:
     """
     for group, current in configs.items():
         if group in meta:
-            found = first_difference(current, meta[group], group)
+            stored = meta[group]
+            if group == "model" and isinstance(current, dict) and isinstance(stored, dict):
+                # keys added later (the Bayesian head): absent in older runs means their default
+                current, stored = {**BAYES_DEFAULTS, **current}, {**BAYES_DEFAULTS, **stored}
+            found = first_difference(current, stored, group)
             if found:
                 raise _refuse(path, *found)
     if meta.get("seed") is not None and int(cfg.seed) != int(meta["seed"]):

@@ -20,7 +20,7 @@ from cosmoinfer.uncertainty.predictor import Posterior, Predictor
 
 log = logging.getLogger("cosmoinfer.evaluate")
 
-METHODS = ("single", "ensemble", "mc_dropout", "ensemble_mc_dropout")
+METHODS = ("single", "ensemble", "mc_dropout", "ensemble_mc_dropout", "bnn")
 
 
 #: ``data.*`` keys of the train config that define the model or its split: they must agree with the
@@ -210,14 +210,19 @@ def evaluate(cfg: DictConfig) -> Path:
     paths = resolve_checkpoints(cfg.checkpoints)
     if not paths:
         raise InputError("checkpoints", "no checkpoint given; pass a path, a list, a folder or a glob")
-    if method in ("single", "mc_dropout") and len(paths) != 1:
-        raise InputError(paths[0], f"evaluator={method} takes one checkpoint, got {len(paths)}; "
-                         f"use evaluator=ensemble{'_mc_dropout' if method == 'mc_dropout' else ''}")
-    n_samples = int(cfg.evaluator.get("n_samples") or 0) if "mc_dropout" in method else 0
-    if "mc_dropout" in method and n_samples < 2:
-        raise InputError("evaluator.n_samples", f"MC dropout needs at least 2 passes, got {n_samples}")
-    predictor = Predictor(paths, mc_samples=n_samples, tta=bool(cfg.get("tta", False)), seed=int(cfg.seed),
-                          device=str(cfg.get("device", "cpu")), flow_samples=int(cfg.get("flow_samples") or 1000))
+    if method in ("single", "mc_dropout", "bnn") and len(paths) != 1:
+        fix = {"single": "evaluator=ensemble", "mc_dropout": "evaluator=ensemble_mc_dropout"}.get(
+            method, "one BNN checkpoint")
+        raise InputError(paths[0], f"evaluator={method} takes one checkpoint, got {len(paths)}; use {fix}")
+    stochastic = "mc_dropout" in method or method == "bnn"
+    n_samples = int(cfg.evaluator.get("n_samples") or 0) if stochastic else 0
+    if stochastic and n_samples < 2:
+        what = "BNN evaluator needs at least 2 weight draws" if method == "bnn" else "MC dropout needs at least 2 passes"
+        raise InputError("evaluator.n_samples", f"{what}, got {n_samples}")
+    predictor = Predictor(paths, mc_samples=n_samples if method != "bnn" else 0, tta=bool(cfg.get("tta", False)),
+                          seed=int(cfg.seed), device=str(cfg.get("device", "cpu")),
+                          flow_samples=int(cfg.get("flow_samples") or 1000),
+                          bnn_samples=n_samples if method == "bnn" else 0)
     meta = predictor.models[0].data
     dm = build_eval_datamodule(cfg, meta, paths[0])
     split = str(cfg.split)

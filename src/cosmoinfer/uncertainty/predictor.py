@@ -1,4 +1,4 @@
-"""Turn trained networks into predictive distributions: single, deep ensemble, MC dropout, both.
+"""Turn trained networks into predictive distributions: single, deep ensemble, MC dropout, both, BNN.
 
 Every network ("member") predicts, for each map, a Gaussian or a Gaussian mixture over the
 parameters in the network's unit coordinates (each parameter scaled to [0, 1] by its prior, in log
@@ -33,6 +33,10 @@ and shrink the epistemic spread by about sqrt(8). Each mask is a hash of ``(seed
 layer, map index)`` (:mod:`cosmoinfer.uncertainty.dropout_masks`), so a map's predictive does not
 depend on the batch size or on the other maps of its batch. A network without active dropout
 (``model.dropout=0``) gives ``T`` identical passes, i.e. zero epistemic spread, with a warning.
+BNN (``bnn_samples``, a head with ``model.bayesian_head=true``): pass ``t`` is one draw of the
+variational weights, keyed by ``(seed, member, t, layer)`` and shared by every map and view of the
+pass; the backbone (deterministic) runs once and the head ``T`` times; the passes are mixed exactly
+like MC-dropout passes. Deterministic evaluators use the weight means.
 Every checkpoint is loaded exactly once, and members must agree on fields, parameters, priors,
 split and normalisation.
 
@@ -85,6 +89,7 @@ from cosmoinfer.posterior.mixture import MixturePredictive
 from cosmoinfer.training.checkpoint import LoadedModel, load_checkpoint
 from cosmoinfer.uncertainty.checkpoints import resolve_checkpoints
 from cosmoinfer.uncertainty.dropout_masks import MapKeyedDropout
+from cosmoinfer.uncertainty.weight_draws import KeyedWeightDraws
 
 log = logging.getLogger("cosmoinfer.predictor")
 
@@ -243,6 +248,8 @@ class Predictor:
     Args:
         models: checkpoint paths or :class:`LoadedModel` objects (each loaded once, kept in memory).
         mc_samples: dropout passes ``T`` per member (0: deterministic).
+        bnn_samples: weight draws ``T`` per member of a Bayesian network (``model.bayesian_head``;
+            0: its weight means). A network without variational weights is refused.
         tta: use the 8 dihedral copies of each map (CMD's test-time augmentation): a Gaussian head's
             means and covariances are averaged over them, an MDN's components mixed; in MC dropout
             the 8 copies of one pass share its dropout masks.
@@ -253,12 +260,22 @@ class Predictor:
     """
 
     def __init__(self, models: Iterable, mc_samples: int = 0, tta: bool = False, seed: int = 0,
-                 device: str = "cpu", flow_samples: int = 1000):
+                 device: str = "cpu", flow_samples: int = 1000, bnn_samples: int = 0):
         self.models = [m if isinstance(m, LoadedModel) else load_checkpoint(m) for m in models]
         if not self.models:
             raise InputError("checkpoints", "no checkpoint given")
         check_compatible(self.models)
         self.mc_samples, self.tta, self.seed = int(mc_samples), bool(tta), int(seed)
+        self.bnn_samples = int(bnn_samples)
+        if self.mc_samples and self.bnn_samples and self.mc_samples != self.bnn_samples:
+            raise InputError("evaluator.n_samples", f"MC dropout ({self.mc_samples} passes) and BNN weight draws "
+                             f"({self.bnn_samples}) must use the same number of passes")
+        if self.bnn_samples:
+            for m in self.models:
+                if not getattr(m.network, "is_bayesian", False):
+                    raise InputError(m.path, "evaluator=bnn needs a Bayesian network, but this checkpoint's head "
+                                     "has deterministic weights; train with model.bayesian_head=true, or use "
+                                     "evaluator=single or mc_dropout")
         self.device = torch.device(device)
         for m in self.models:
             m.network.to(self.device)
@@ -281,7 +298,7 @@ class Predictor:
 
     @property
     def n_passes(self) -> int:
-        return max(self.mc_samples, 1)
+        return max(self.mc_samples, self.bnn_samples, 1)
 
     # ------------------------------------------------------------------ raw network outputs
     #: the views of one MC-dropout pass share its masks (False only to reproduce the old, wrong way)
@@ -293,18 +310,23 @@ class Predictor:
 
         With MC dropout, each dropout mask is a hash of ``(seed, member, pass, layer, map index)``
         (:class:`~cosmoinfer.uncertainty.dropout_masks.MapKeyedDropout`): a map's prediction does not
-        depend on the batch it sits in, and the views of one pass share its masks.
+        depend on the batch it sits in, and the views of one pass share its masks. With BNN weight
+        draws (``bnn_samples``), pass ``t`` is one draw of the variational weights keyed by
+        ``(seed, member, t, layer)`` (:class:`~cosmoinfer.uncertainty.weight_draws.KeyedWeightDraws`),
+        shared by every map and view of the pass.
         """
         net = self.models[member].network
         views = [dihedral(x, k) for k in range(8)] if self.tta else [x]
+        dropout = bool(self.mc_samples) and _has_active_dropout(net)
+        weights = bool(self.bnn_samples) and getattr(net, "is_bayesian", False)
         try:
-            if not self.mc_samples or not _has_active_dropout(net):  # deterministic: identical passes
+            if not dropout and not weights:  # deterministic: identical passes
                 _set_mc_dropout(net, False)
                 outs = [net(v) for v in views]
                 return [outs] * self.n_passes
-            _set_mc_dropout(net, True)
-            if net.dropout_in_head_only:
-                feats = [net.features(v) for v in views]  # no dropout in the backbone: computed once
+            _set_mc_dropout(net, dropout)
+            if not dropout or net.dropout_in_head_only:  # only the head is stochastic: backbone once
+                feats = [net.features(v) for v in views]
 
                 def run(k):
                     return net.head(feats[k])
@@ -313,11 +335,16 @@ class Predictor:
                     return net(views[k])
             maps = torch.arange(first, first + x.shape[0], dtype=torch.int64)
             passes = []
-            with MapKeyedDropout(net, self.seed, member) as masks:
-                for t in range(self.mc_samples):
+            with contextlib.ExitStack() as stack:
+                masks = stack.enter_context(MapKeyedDropout(net, self.seed, member)) if dropout else None
+                draws = stack.enter_context(KeyedWeightDraws(net, self.seed, member)) if weights else None
+                for t in range(self.n_passes):
+                    if draws is not None:
+                        draws.set(t)
                     outs = []
                     for k in range(len(views)):
-                        masks.set(t, maps, view=0 if self.share_view_masks else k)
+                        if masks is not None:
+                            masks.set(t, maps, view=0 if self.share_view_masks else k)
                         outs.append(run(k))
                     passes.append(outs)
             return passes
