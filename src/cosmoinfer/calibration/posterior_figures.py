@@ -78,6 +78,7 @@ def _hpd_levels(h: np.ndarray, masses=(0.68, 0.95)) -> list[float]:
     """Density thresholds of a histogram ``h`` enclosing the given masses (highest bins first)."""
     flat = np.sort(h.ravel())[::-1]
     cum = np.cumsum(flat) / max(flat.sum(), 1e-300)
+    # ascending: the outer (95%) contour first, then the inner (68%) one
     return sorted({float(flat[min(np.searchsorted(cum, m), flat.size - 1)]) for m in masses})
 
 
@@ -115,7 +116,7 @@ def corner_draws(draws, truth, names: Sequence[str], exact: Mapping | None = Non
             xc, yc = 0.5 * (xe[1:] + xe[:-1]), 0.5 * (ye[1:] + ye[:-1])
             lev = _hpd_levels(h)
             if len(lev) > 1:
-                ax.contour(xc, yc, h.T, levels=lev, colors=[col], linewidths=[1.6, 0.9][:len(lev)])
+                ax.contour(xc, yc, h.T, levels=lev, colors=[col], linewidths=[0.9, 1.6][-len(lev):])
             ax.plot(truth[i, c], truth[i, r], "*", color=col, ms=12, mec="k", mew=0.6)
             if ((c, r) in ex_idx or (r, c) in ex_idx) and i < np.asarray(exact["omega_m"]).shape[0]:
                 om, sg, ld = (np.asarray(exact[k])[i] for k in ("omega_m", "sigma_8", "log_density"))
@@ -123,7 +124,7 @@ def corner_draws(draws, truth, names: Sequence[str], exact: Mapping | None = Non
                 xs, ys, z = (om, sg, dens.T) if names[c] == "Omega_m" else (sg, om, dens)
                 lev = _hpd_levels(dens)
                 if len(lev) > 1:
-                    ax.contour(xs, ys, z, levels=lev, colors="k", linewidths=[1.6, 0.9][:len(lev)])
+                    ax.contour(xs, ys, z, levels=lev, colors="k", linewidths=[0.9, 1.6][-len(lev):])
                     drew_exact = True
         if priors is not None:
             ax.set_xlim(priors[c].low, priors[c].high)
