@@ -233,23 +233,30 @@ def test_bad_input_errors_name_file_and_problem(tmp_path, case):
     assert "\n" not in msg and ("bad" in msg or "x.h5" in msg or "data.params" in msg)
 
 
-def test_a_damaged_chunk_of_an_hdf5_store_is_one_line_naming_the_store(tmp_path):
-    """A store whose header opens but one chunk is garbage (a torn copy): reading that map is an
-    InputError naming the store, not an h5py OSError."""
+def _store_with_a_damaged_chunk(tmp_path, chunk: int):
+    """A gzip HDF5 store of 2 simulations (30 maps of 16²) whose ``chunk``-th chunk (map) is zeroed:
+    the header opens, that map's data does not decompress (a torn copy)."""
     import h5py
 
     from cosmoinfer.data.hdf5 import convert_to_hdf5
-    from cosmoinfer.data.sources import H5Source
-    from cosmoinfer.errors import InputError
 
     root = tmp_path / "cmd"
     write_cmd_folder(root, n_sims=2, grid=16, fields=("Mtot",), suite="TestSuite")
     store = convert_to_hdf5(root, "TestSuite", ["Mtot"], tmp_path / "store.h5", compression="gzip")
     with h5py.File(store, "r") as f:
-        info = f["maps"].id.get_chunk_info(3)
+        info = f["maps"].id.get_chunk_info(chunk)
     raw = bytearray(store.read_bytes())
     raw[info.byte_offset:info.byte_offset + info.size] = b"\x00" * info.size
     store.write_bytes(bytes(raw))
+    return store
+
+
+def test_a_damaged_chunk_of_an_hdf5_store_is_one_line_naming_the_store(tmp_path):
+    """Reading the damaged map is an InputError naming the store, not an h5py OSError."""
+    from cosmoinfer.data.sources import H5Source
+    from cosmoinfer.errors import InputError
+
+    store = _store_with_a_damaged_chunk(tmp_path, 3)
     src = H5Source(store, ["Mtot"])
     assert src.read_one(2).shape == (1, 16, 16)  # the other maps still read
     with pytest.raises(InputError, match=r"store\.h5: map 3 cannot be read, the store is damaged"):
@@ -259,20 +266,10 @@ def test_a_damaged_chunk_of_an_hdf5_store_is_one_line_naming_the_store(tmp_path)
 
 
 def test_an_input_error_in_a_dataloader_worker_stays_one_line(tmp_path):
-    import h5py
-
-    from cosmoinfer.data.hdf5 import convert_to_hdf5
     from cosmoinfer.data.sources import H5Source
     from cosmoinfer.errors import InputError
 
-    root = tmp_path / "cmd"
-    write_cmd_folder(root, n_sims=2, grid=16, fields=("Mtot",), suite="TestSuite")
-    store = convert_to_hdf5(root, "TestSuite", ["Mtot"], tmp_path / "store.h5", compression="gzip")
-    with h5py.File(store, "r") as f:
-        info = f["maps"].id.get_chunk_info(1)
-    raw = bytearray(store.read_bytes())
-    raw[info.byte_offset:info.byte_offset + info.size] = b"\x00" * info.size
-    store.write_bytes(bytes(raw))
+    store = _store_with_a_damaged_chunk(tmp_path, 1)
 
     class Maps(torch.utils.data.Dataset):
         def __len__(self):
