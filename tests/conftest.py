@@ -45,3 +45,27 @@ def cmd_folder(tmp_path) -> Path:
     root = tmp_path / "cmd"
     write_cmd_folder(root)
     return root
+
+
+def tiny_train_cfg(root, out, *overrides, suite: str = "TestSuite"):
+    """The composed train config of the tests' tiny runs on the CMD folder ``root``: ``model.hidden=4``,
+    split 0.6 / 0.2 / 0.2 by simulation, one epoch, no progress bar; ``overrides`` come last."""
+    from hydra import compose, initialize_config_dir
+
+    from cosmoinfer.cli.common import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=[
+            f"data.root={root}", f"data.suite={suite}", f"out_dir={out}", "model.hidden=4",
+            "data.split_fractions=[0.6,0.2,0.2]", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
+            "trainer.max_epochs=1", *overrides])
+
+
+def evaluate_cfg(out, *overrides):
+    """The composed evaluate config writing into ``out``."""
+    from hydra import compose, initialize_config_dir
+
+    from cosmoinfer.cli.common import CONF_DIR
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("evaluate", overrides=[f"out_dir={out}", *overrides])

@@ -12,10 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from cosmoinfer.calibration.metrics import compute_metrics
-from cosmoinfer.cli.common import CONF_DIR
 from cosmoinfer.errors import InputError
 from cosmoinfer.models.bayesian import BayesLinear, gaussian_kl
 from cosmoinfer.models.network import build_network
@@ -25,7 +23,7 @@ from cosmoinfer.training.module import PosteriorModule
 from cosmoinfer.training.run import build_datamodule, build_module, build_trainer, train
 from cosmoinfer.uncertainty.evaluate import evaluate
 
-from .conftest import write_cmd_folder
+from .conftest import evaluate_cfg, tiny_train_cfg, write_cmd_folder
 
 warnings.filterwarnings("ignore", message=".*inferring one.*")
 
@@ -35,16 +33,11 @@ BAYES = ["model.bayesian_head=true", "model.bayes_init_std=0.05", "model.dropout
 
 
 def train_cfg(root, out, *overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=[
-            f"data.root={root}", f"data.suite={SUITE}", f"out_dir={out}", "model.hidden=4",
-            "data.split_fractions=[0.6,0.2,0.2]", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
-            "trainer.max_epochs=1", *overrides])
+    return tiny_train_cfg(root, out, *overrides)
 
 
 def eval_cfg(out, *overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("evaluate", overrides=[f"out_dir={out}", *overrides])
+    return evaluate_cfg(out, *overrides)
 
 
 @pytest.fixture(scope="module")

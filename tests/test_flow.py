@@ -17,7 +17,6 @@ import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
-from hydra import compose, initialize_config_dir
 from scipy.special import logsumexp
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -37,7 +36,7 @@ from cosmoinfer.training.run import train
 from cosmoinfer.uncertainty.evaluate import build_eval_datamodule, evaluate
 from cosmoinfer.uncertainty.predictor import Predictor, load_posterior_model
 
-from .conftest import write_cmd_folder
+from .conftest import evaluate_cfg, tiny_train_cfg, write_cmd_folder
 
 warnings.filterwarnings("ignore", message=".*inferring one.*")
 
@@ -190,17 +189,11 @@ def test_training_lowers_the_nll_with_the_lightning_trainer():
 
 
 def train_cfg(root, out, *overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=[
-            f"data.root={root}", f"data.suite={SUITE}", f"out_dir={out}", "model.hidden=4",
-            "data.split_fractions=[0.6,0.2,0.2]", "data.params=[Omega_m,A_SN1]", "loss=flow",
-            "loss.n_layers=2", "callbacks.progress_bar=null", "trainer.enable_progress_bar=false",
-            "trainer.max_epochs=1", *overrides])
+    return tiny_train_cfg(root, out, "data.params=[Omega_m,A_SN1]", "loss=flow", "loss.n_layers=2", *overrides)
 
 
 def eval_cfg(out, *overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("evaluate", overrides=[f"out_dir={out}", "flow_samples=400", *overrides])
+    return evaluate_cfg(out, "flow_samples=400", *overrides)
 
 
 @pytest.fixture(scope="module")

@@ -17,11 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 import cosmoinfer.uncertainty.predictor as predictor_mod
-from cosmoinfer.cli.common import CONF_DIR
 from cosmoinfer.data.manifest import maps_filename
 from cosmoinfer.data.transforms import dihedral
 from cosmoinfer.errors import InputError
@@ -32,7 +30,7 @@ from cosmoinfer.training.run import train
 from cosmoinfer.uncertainty.evaluate import build_eval_datamodule, evaluate
 from cosmoinfer.uncertainty.predictor import Predictor, load_posterior_model
 
-from .conftest import BIN, REPO, write_cmd_folder
+from .conftest import BIN, REPO, evaluate_cfg, tiny_train_cfg, write_cmd_folder
 
 warnings.filterwarnings("ignore", message=".*inferring one.*")
 
@@ -43,16 +41,11 @@ N_COMPONENTS = 3
 
 
 def train_cfg(root, out, *overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("train", overrides=[
-            f"data.root={root}", f"data.suite={SUITE}", f"out_dir={out}", "model.hidden=4", FRACTIONS,
-            "callbacks.progress_bar=null", "trainer.enable_progress_bar=false", "trainer.max_epochs=1",
-            *overrides])
+    return tiny_train_cfg(root, out, *overrides)
 
 
 def eval_cfg(out, *overrides):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("evaluate", overrides=[f"out_dir={out}", *overrides])
+    return evaluate_cfg(out, *overrides)
 
 
 @pytest.fixture(scope="module")
