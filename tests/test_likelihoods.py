@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy import stats
+from scipy import linalg, stats
 from scipy.special import logsumexp
 
 from cosmoinfer.errors import InputError
@@ -188,6 +188,45 @@ def test_beta_nll_weights_terms_by_stopped_variance():
     r = rt.clone().requires_grad_(True)
     lik.loss(r, yt).backward()
     np.testing.assert_allclose(r.grad[:, :p].numpy(), (raw[:, :p] - y) / sigma / len(raw), atol=1e-6)
+
+
+def _grad(lik, raw: torch.Tensor, y: torch.Tensor) -> np.ndarray:
+    r = raw.clone().requires_grad_(True)
+    lik.loss(r, y).backward()
+    return r.grad.numpy()
+
+
+def test_fullcov_beta_preconditions_the_mean_gradient_by_the_covariance_power():
+    p = 3
+    raw, y, rt, yt = _raw_y(p + p * (p + 1) // 2, p)
+    covs = [(lambda L: L @ L.T)(_tril(raw[i, p:], p, 1e-3)) for i in range(len(raw))]
+    plain = build_likelihood("gaussian_fullcov", p)
+    # beta = 0 is the plain NLL, value and gradient
+    same = build_likelihood("gaussian_fullcov", p, beta=0.0)
+    np.testing.assert_allclose(_grad(same, rt, yt), _grad(plain, rt, yt), atol=1e-10)
+    for beta in (0.5, 1.0):
+        lik = build_likelihood("gaussian_fullcov", p, beta=beta)
+        g = _grad(lik, rt, yt)
+        for i, c in enumerate(covs):  # mean gradient: -C^(beta - 1) (y - mu) / N, by scipy's matrix power
+            want = -np.real(linalg.fractional_matrix_power(c, beta - 1.0)) @ (y[i] - raw[i, :p]) / len(raw)
+            np.testing.assert_allclose(g[i, :p], want, atol=1e-8)
+        # the covariance's gradient is the NLL's at the mean held fixed, times det(C)^(beta / P)
+        g_plain = _grad(plain, rt, yt)
+        w = np.array([np.linalg.det(c) ** (beta / p) for c in covs])
+        np.testing.assert_allclose(g[:, p:], w[:, None] * g_plain[:, p:], atol=1e-8)
+        np.testing.assert_allclose(lik.nll(rt, yt).numpy(), plain.nll(rt, yt).numpy())  # nll stays the NLL
+    with pytest.raises(InputError, match="loss.beta must be in"):
+        build_likelihood("gaussian_fullcov", p, beta=1.5)
+
+
+def test_fullcov_beta_matches_the_diagonal_beta_nll_on_the_mean_when_the_covariance_is_diagonal():
+    p = 2
+    raw, y, rt, yt = _raw_y(2 * p, p)
+    diag = build_likelihood("gaussian_nll", p, beta=0.5)
+    full_raw = np.concatenate([raw[:, :p], np.zeros((len(raw), 3))], axis=1)
+    full_raw[:, p], full_raw[:, p + 2] = raw[:, p], raw[:, p + 1]  # L = diag(sigma): tril order (0,0),(1,0),(1,1)
+    full = build_likelihood("gaussian_fullcov", p, beta=0.5)
+    np.testing.assert_allclose(_grad(full, torch.tensor(full_raw), yt)[:, :p], _grad(diag, rt, yt)[:, :p], atol=1e-8)
 
 
 def test_mse_and_moment_closed_form():

@@ -12,7 +12,7 @@ from cosmoinfer.errors import InputError
 from cosmoinfer.models.likelihoods import build_likelihood
 from cosmoinfer.training.checkpoint import load_checkpoint
 from cosmoinfer.training.run import build_datamodule, train
-from cosmoinfer.training.width_refit import fit_width_rows, head_inputs
+from cosmoinfer.training.width_refit import check_refittable, fit_width_rows, head_inputs
 
 from .test_training import cfg_for, data32  # noqa: F401  (the module-scoped data fixture)
 
@@ -98,10 +98,15 @@ def test_refit_widths_changes_only_the_width_rows_of_the_best_checkpoint(data32,
     assert _eval_nll(ck["refit"], dm) < _eval_nll(ck["plain"], dm)
 
 
-def test_refit_widths_refuses_a_loss_without_separate_widths_before_training(data32, tmp_path):  # noqa: F811
-    with pytest.raises(InputError, match="loss=mse has no width outputs"):
+def test_refit_widths_leaves_a_loss_without_separate_widths_as_trained(data32, tmp_path, caplog):  # noqa: F811
+    # a preset that refits its Gaussian widths (grf_fisher) must still train with loss=mse / flow
+    with caplog.at_level("WARNING"):
         train(cfg_for(data32, tmp_path / "mse", "callbacks=refit_widths", "loss=mse"))
-    assert not list((tmp_path / "mse").glob("checkpoints/*.ckpt"))
+    assert "loss=mse has no width outputs" in caplog.text
+    info = torch.load(tmp_path / "mse" / "checkpoints" / "best.ckpt", weights_only=True)["cosmoinfer"]
+    assert "no width outputs" in info["width_refit"]["skipped"]
+    with pytest.raises(InputError, match="loss=mse has no width outputs"):  # the function itself refuses
+        check_refittable(None, build_likelihood("mse", n_params=2))
 
 
 def test_refit_widths_uses_at_most_max_maps(data32, tmp_path):  # noqa: F811

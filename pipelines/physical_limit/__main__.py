@@ -17,6 +17,7 @@ from pipelines.physical_limit.summaries import (
     summarise_camels,
     summarise_cross,
     summarise_grf,
+    summarise_heads,
     summarise_sweep,
     write_json,
 )
@@ -73,6 +74,8 @@ def run(a: argparse.Namespace, argv=None) -> int:
         results = {}
         if "grf" in parts:
             results.update(summarise_grf(out, info))
+        if "heads" in parts:
+            results.update(summarise_heads(out, info))
         if "camels" in parts:
             results.update(summarise_camels(out, info))
         if "cross" in parts:

@@ -101,20 +101,35 @@ def exact_reference(test, val=None, ci: bool = False) -> dict[str, np.ndarray]:
     return {f"exact_{k}": v for k, v in ref.items() if k != "recalibration_scale"}
 
 
-def joint_figures(test, prefix: str = "", exact: bool = False) -> dict:
+def predictive_coverage_errors(test, metrics: dict | None = None) -> np.ndarray:
+    """Marginal coverage error ``(P,)`` of the whole stored predictive (its PIT, equal-tailed intervals).
+
+    ``compute_metrics``' per-parameter ``coverage_error``, before any recalibration: for a flow,
+    mixture or BNN it is read from the predictive's own marginal CDFs, not from a Gaussian with its
+    moments (:func:`calibration_figures`' ``coverage_error`` is the Gaussian-interval figure).
+    ``metrics``: that ``compute_metrics`` result, if already computed.
+    """
+    from cosmoinfer.calibration.metrics import compute_metrics
+
+    m = metrics or compute_metrics(test, rng=np.random.default_rng(0), n_posterior_samples=200, n_bootstrap=200)
+    return np.array([float(np.squeeze(m["params"][nm]["coverage_error"])) for nm in test.param_names])
+
+
+def joint_figures(test, prefix: str = "", exact: bool = False, metrics: dict | None = None) -> dict:
     """Figures of the whole predictive of ``test`` (a :class:`Predictions`), for the ``joint`` entry.
 
     ``expected_kl`` / ``_lo`` / ``_hi``, ``hpd_coverage_error`` and ``nll`` from the ``joint`` block
     of :func:`cosmoinfer.calibration.compute_metrics`, keys prefixed ``prefix``; ``exact``: also the
     exact posterior's own ``exact_hpd_coverage_error`` (the same definition, from the stored
-    ``exact_hpd`` credibilities) and ``exact_nll`` (from ``exact_log_prob``). ``None`` where a
+    ``exact_hpd`` credibilities) and ``exact_nll`` (from ``exact_log_prob``). ``metrics``: the
+    ``compute_metrics`` result of ``test``, if already computed. ``None`` where a
     figure cannot be computed (a predictive with zero density at some truth has no NLL or KL).
     """
     from cosmoinfer.calibration.metrics import DEFAULT_LEVELS, compute_metrics
     from cosmoinfer.calibration.scores import coverage_from_credibility
 
-    joint = compute_metrics(test, rng=np.random.default_rng(0), n_posterior_samples=200,
-                            n_bootstrap=200)["joint"]
+    joint = (metrics or compute_metrics(test, rng=np.random.default_rng(0), n_posterior_samples=200,
+                                        n_bootstrap=200))["joint"]
     kl = joint.get("expected_kl") or {}
     out = {"expected_kl": kl.get("value"), "expected_kl_lo": kl.get("lo"), "expected_kl_hi": kl.get("hi"),
            "hpd_coverage_error": joint.get("hpd_coverage_error"), "nll": joint.get("nll")}

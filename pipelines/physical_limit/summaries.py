@@ -25,8 +25,9 @@ from pipelines.physical_limit.figures import (
     exact_figures,
     exact_reference,
     joint_figures,
+    predictive_coverage_errors,
 )
-from pipelines.physical_limit.tasks import CROSS, MULTI_FIELDS
+from pipelines.physical_limit.tasks import CROSS, HEADS_ORDER, MULTI_FIELDS
 
 #: Metric names of the grf experiments (the JSON contract).
 GRF_METRICS = ("efficiency", "std_ratio_median", "mean_shift", "coverage_error",
@@ -131,6 +132,63 @@ def summarise_grf(out: Path, info: dict) -> dict:
         res[f"grf_fisher_explore_{ex.name}"] = d
         info["grf"].setdefault("explore", {})[ex.name] = t
     return res
+
+
+#: Per-parameter metric names of the heads part (the JSON contract), besides ``joint``'s GRF_JOINT.
+HEADS_METRICS = ("efficiency", "std_ratio_median", "mean_shift", "coverage_error", "rmse", "train_minutes")
+
+
+def summarise_heads(out: Path, info: dict) -> dict:
+    """``grf_heads_<label>``: each head's predictive against the exact posterior of the same test maps.
+
+    Per parameter: ``efficiency``, ``std_ratio_median``, ``mean_shift`` (of the predictive's moments,
+    :mod:`cosmoinfer.calibration.exact`), ``coverage_error`` (marginal, of the whole predictive, before
+    any recalibration: :func:`predictive_coverage_errors`), ``rmse``, ``train_minutes`` (wall minutes
+    of training: the sum over members for an ensemble; sbi's own record for the sbi peers); under
+    ``joint``: ``expected_kl`` with its simulation-bootstrap interval, ``hpd_coverage_error``, ``nll``
+    and the exact posterior's own ``exact_hpd_coverage_error`` / ``exact_nll``.
+    """
+    from cosmoinfer.calibration.metrics import compute_metrics, rmse
+
+    root = out / "heads"
+    pr, md = root / "predictions", root / "models"
+    res, trains = {}, {}
+    for m in sorted(md.glob("*")) if md.is_dir() else []:
+        trains[m.name] = train_info(m)
+    labels = sorted((p.name for p in pr.glob("*")), key=lambda k: (HEADS_ORDER.index(k) if k in HEADS_ORDER
+                                                                  else len(HEADS_ORDER), k)) if pr.is_dir() else []
+    for label in labels:
+        test = _read(pr / label / "predictions.h5")
+        if test is None or "exact_mean" not in test.extra:
+            continue
+        if label == "flow_ensemble":
+            members = [k for k in trains if k == "flow" or k.startswith("flow_")]
+            minutes = sum(trains[k]["minutes"] or 0 for k in members) if members else None
+        elif label.startswith("sbi_"):
+            minutes = _sbi_minutes(pr / label)
+        else:
+            minutes = (trains.get(label) or {}).get("minutes")
+        metrics = compute_metrics(test, rng=np.random.default_rng(0), n_posterior_samples=200, n_bootstrap=200)
+        figs = {**exact_figures(test, reference={}), "coverage_error": predictive_coverage_errors(test, metrics),
+                "rmse": rmse(test.truth, test.mean)}
+        d = _per_param(test.param_names, figs)
+        for nm in d:
+            d[nm]["train_minutes"] = _minutes(minutes)
+        d["joint"] = joint_figures(test, exact=True, metrics=metrics)
+        res[f"grf_heads_{label}"] = d
+        info.setdefault("heads", {}).setdefault("n_test", {})[label] = test.n
+        info["heads"].setdefault("kind", {})[label] = test.predictive.kind
+    if trains:
+        info.setdefault("heads", {})["train"] = trains
+    return res
+
+
+def _sbi_minutes(folder: Path) -> float | None:
+    """Training minutes the sbi peer recorded (``train_info.json``: ``train_minutes``)."""
+    try:
+        return float(json.loads((folder / "train_info.json").read_text())["train_minutes"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
 
 
 def _cnn_vs_ps(cnn, ps, cnn_train, ps_train) -> dict:

@@ -14,9 +14,16 @@ import subprocess
 from pathlib import Path
 
 from cosmoinfer.errors import atomic_write_text
-from pipelines.physical_limit.tasks import CROSS, MULTI_FIELDS
+from pipelines.physical_limit.tasks import CROSS, HEADS_ORDER, MULTI_FIELDS
 
 SECTION = "## Physical limit (statistical benchmark)"
+#: the heads part's targets (flow head): expected KL, marginal efficiency, joint HPD coverage error;
+#: the BNN's median width ratio band
+HEADS_TARGETS = {"expected_kl": 0.05, "efficiency": 0.98, "hpd_coverage_error": 0.02, "bnn_std_ratio": 0.1}
+_HEADS_MODEL = {"diagonal": "diagonal Gaussian (grf_fisher)", "fullcov": "full covariance, β = 0.5",
+                "mdn": "MDN (3 full-covariance components)", "flow": "flow", "flow_ensemble": "flow ensemble",
+                "bnn": "BNN (mean-field head, diagonal Gaussian)", "sbi_ps": "sbi NPE, spline flow on the power spectrum",
+                "sbi_cnn": "sbi NPE, spline flow on a CNN embedding"}
 TARGETS = {"efficiency": 0.97, "std_ratio": 0.05, "mean_shift": 0.2, "coverage_error_recalibrated": 0.02,
            "train_minutes": 20.0, "camels_gain": 0.10}
 _GRF_MODEL = {"grf_fisher": "CNN (default, member 0), TTA", "grf_fisher_ensemble": "CNN ensemble, TTA",
@@ -118,6 +125,49 @@ def grf_joint_table(results: dict) -> list[str]:
             ci = "" if lo is None or hi is None else f" [{_f(lo)}, {_f(hi)}]"
             rows.append(f"| {exp} | {model} | {_f(kl)}{ci} | {_f(j.get(pre + 'hpd_coverage_error'))} | "
                         f"{_f(j.get(pre + 'nll'))} |")
+    return rows
+
+
+def _both(d: dict, params, key: str, ok=None) -> str:
+    """``"0.981 ✓ / 0.975 ✗"``: ``key`` of every parameter, with target marks where ``ok`` is given."""
+    return " / ".join(_check(d[nm].get(key), ok) if ok else _f(d[nm].get(key)) for nm in params)
+
+
+def heads_table(results: dict) -> list[str]:
+    """One row per head of the heads part: marginal figures per parameter (Omega_m / sigma_8) and joint ones.
+
+    Target marks: the flow's (and flow ensemble's) expected KL, efficiency and HPD coverage error,
+    the BNN's median width ratio (:data:`HEADS_TARGETS`).
+    """
+    rows = ["| head | efficiency Ω_m / σ_8 | median width ratio | mean shift | marginal coverage err. | "
+            "HPD coverage err. | expected KL, nats [95% sim. bootstrap] | train min |",
+            "|---|---|---|---|---|---|---|---|"]
+    t = HEADS_TARGETS
+    for label in HEADS_ORDER:
+        d = results.get(f"grf_heads_{label}")
+        if not d:
+            continue
+        params = [nm for nm in d if nm != "joint"]
+        j = d.get("joint") or {}
+        flow = label.startswith("flow")
+
+        kl, lo, hi = (j.get(k) for k in ("expected_kl", "expected_kl_lo", "expected_kl_hi"))
+        ci = "" if lo is None or hi is None else f" [{_f(lo)}, {_f(hi)}]"
+        kl_cell = _f(kl) + ci + _mark(None if not flow or kl is None else kl <= t["expected_kl"])
+        hpd = j.get("hpd_coverage_error")
+        minutes = [d[nm].get("train_minutes") for nm in params]
+        rows.append("| " + " | ".join([
+            _HEADS_MODEL.get(label, label),
+            _both(d, params, "efficiency", (lambda x: x >= t["efficiency"]) if flow else None),
+            _both(d, params, "std_ratio_median", (lambda x: abs(x - 1) <= t["bnn_std_ratio"]) if label == "bnn" else None),
+            _both(d, params, "mean_shift"), _both(d, params, "coverage_error"),
+            _f(hpd) + _mark(None if not flow or hpd is None else hpd <= t["hpd_coverage_error"]),
+            kl_cell, _f(minutes[0], 1) if minutes else "—"]) + " |")
+    exact = next((results[f"grf_heads_{k}"]["joint"] for k in HEADS_ORDER
+                  if (results.get(f"grf_heads_{k}") or {}).get("joint")), None)
+    if exact:
+        rows.append(f"| exact posterior | 1 / 1 | 1 / 1 | 0 / 0 | — | {_f(exact.get('exact_hpd_coverage_error'))} "
+                    "| 0 | — |")
     return rows
 
 
@@ -257,6 +307,18 @@ def render_section(results: dict, info: dict, notes: str) -> str:
     if info.get("failed"):
         L += ["Failed or skipped stages: " + "; ".join(f"`{k}`: {v}" for k, v in info["failed"].items()), ""]
     L += _grf_section(results, info)
+    h = heads_table(results)
+    if len(h) > 2:
+        n = (info.get("heads") or {}).get("n_test") or {}
+        L += ["### Head by head: Gaussian, full covariance, MDN, flow, flow ensemble, BNN, sbi NPE", "",
+              f"Fresh grf maps (`heads` in the scale config), every network trained under the same wall-clock "
+              f"budget, scored on the same {max(n.values()) if n else '?'} test maps against their exact "
+              "posterior; every figure from the stored predictive, before any recalibration (marginal coverage "
+              "from its PIT, HPD coverage from its density). Targets (flow): expected KL ≤ "
+              f"{HEADS_TARGETS['expected_kl']}, efficiency ≥ {HEADS_TARGETS['efficiency']}, HPD coverage error ≤ "
+              f"{HEADS_TARGETS['hpd_coverage_error']}; BNN median width ratio within 1 ± "
+              f"{HEADS_TARGETS['bnn_std_ratio']}. Train minutes: wall clock, summed over an ensemble's members.",
+              ""] + h + [""]
     c = cnn_ps_table(results, ["camels_like_mtot", "camels_like_multifield"] +
                      [f"camels_like_single_{f}" for f in MULTI_FIELDS])
     if len(c) > 2:

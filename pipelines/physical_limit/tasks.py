@@ -10,15 +10,17 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cosmoinfer.stages import Stage
+from cosmoinfer.stages import Stage, compose_stage_config
 from pipelines.physical_limit.scales import REPO
 
-PARTS = ("grf", "camels", "cross", "sweep")
+PARTS = ("grf", "heads", "camels", "cross", "sweep")
 QUIET = ["callbacks.progress_bar=null", "trainer.enable_progress_bar=false"]
 #: evaluate's test-time augmentation: every CNN prediction averaged over the 8 rotations/flips of the map
 TTA = ["tta=true"]
 MULTI_PARAMS = "[Omega_m,sigma_8,A_SN1,A_AGN1]"
 MULTI_FIELDS = ("Mtot", "Mgas", "T", "Mstar")
+#: the heads part's predictions, in table order
+HEADS_ORDER = ("diagonal", "fullcov", "mdn", "flow", "flow_ensemble", "bnn", "sbi_ps", "sbi_cnn")
 #: cross-suite experiments: JSON key suffix -> (CNN, PS baseline or None), camels models trained on SynthTNG
 CROSS = {"": ("mtot_cnn", "mtot_ps"), "_Mgas": ("single_Mgas_cnn", None),
          "_multifield": ("multifield_cnn", "multifield_ps")}
@@ -79,12 +81,13 @@ def train_task(name: str, folder: Path, out: Path, experiment: str, data: Stage,
 
 
 def eval_task(name: str, folder: Path, out: Path, models: list[Stage], split: str, extra=(),
-              data=()) -> Stage:
+              data=(), method: str | None = None) -> Stage:
     """Evaluate the best checkpoints of the training stages ``models`` (one: single, more: ensemble).
 
-    ``data``: the simulate stages whose maps ``extra`` points ``data.root`` at, if not the training data.
+    ``data``: the simulate stages whose maps ``extra`` points ``data.root`` at, if not the training data;
+    ``method``: the evaluator, if not single / ensemble (``bnn``).
     """
-    method = "single" if len(models) == 1 else "ensemble"
+    method = method or ("single" if len(models) == 1 else "ensemble")
     args = [f"evaluator={method}", f"checkpoints={_list(_ckpt(m) for m in models)}", f"split={split}",
             f"out_dir={folder}", *extra]
     return _stage(name, "evaluate", args, folder, out, [*models, *data])
@@ -130,6 +133,70 @@ def grf_tasks(out: Path, sc: dict) -> list[Stage]:
         tasks.append(eval_task(f"grf evaluate {label} calib", root / "predictions" / label / "calib", out, ms,
                                "all", [f"data.root={calib.folder}", *exact, *tta], data=[calib]))
     return tasks
+
+
+def heads_tasks(out: Path, sc: dict) -> list[Stage]:
+    """Head by head on grf maps: every likelihood head, a flow ensemble, a BNN, and sbi's NPE as a peer.
+
+    Its own maps (``heads.seed``, fresh simulations), split ``heads.split``; every network trains
+    under the same wall-clock budget (``trainer.max_time=heads.budget``) on the ``grf_fisher``
+    preset with the head's overrides, and is evaluated on the test maps with the exact posterior
+    (TTA for the CNNs). ``flow_ensemble`` mixes the ``flow`` network with ``flow_members - 1`` more
+    flow members (seeds 1, 2 ...); ``bnn`` is evaluated by ``evaluator=bnn``. The sbi peers
+    (:mod:`pipelines.physical_limit.sbi_npe`, optional: ``pip install -e '.[bench]'``) train on the
+    same training maps with the same budget and write the same ``predictions.h5``.
+    """
+    h = sc["heads"]
+    root = out / "heads"
+    sim = simulate_task("heads simulate", root / "data", out, "grf", h["n_sims"], h["grid"], ["GRF"], ["delta"],
+                        seed=int(h["seed"]))
+    common = [f"data.split_fractions={h['split']}", f"trainer.max_time={h['budget']}", *h["common"]]
+    tasks, evals, peers = [sim], [], []
+    trains = {}
+    for head, over in h["heads"].items():
+        trains[head] = train_task(f"heads train {head}", root / "models" / head, out, "grf_fisher", sim, 0,
+                                  [*common, *over])
+    flow_members = [trains["flow"]] if "flow" in trains else []
+    for i in range(1, int(h.get("flow_members", 1)) if flow_members else 0):
+        flow_members.append(train_task(f"heads train flow {i}", root / "models" / f"flow_{i}", out, "grf_fisher",
+                                       sim, i, [*common, *h["heads"]["flow"]]))
+    tasks += [*trains.values(), *flow_members[1:]]
+    exact = [f"exact_grid={h['exact_grid']}", *TTA, *h.get("evaluate", [])]
+    models = {head: [t] for head, t in trains.items()}
+    if len(flow_members) > 1:
+        models["flow_ensemble"] = flow_members
+    for label, ms in models.items():
+        evals.append(eval_task(f"heads evaluate {label}", root / "predictions" / label, out, ms, "test", exact,
+                               method="bnn" if label == "bnn" else None))
+    for emb in h.get("sbi", []):
+        peers.append(sbi_task(f"heads sbi {emb}", root / "predictions" / f"sbi_{emb}", out, sim, emb, h))
+    # in this order (the runner starts stages in list order): every timed training, sbi's included,
+    # runs before the evaluations, which are not timed
+    return [*tasks, *peers, *evals]
+
+
+def sbi_task(name: str, folder: Path, out: Path, data: Stage, embedding: str, h: dict) -> Stage:
+    """sbi's NPE on ``data``'s training maps (:mod:`pipelines.physical_limit.sbi_npe`), scored on its test maps.
+
+    Fingerprinted by the ``evaluate`` config of the same data, split and exact grid, plus the NPE's
+    own arguments (carried as ``+sbi.*`` keys, which cosmoinfer never reads).
+    """
+    budget_min = _minutes(h["budget"])
+    npe = [f"--data={data.folder}", f"--out={folder}", f"--embedding={embedding}", f"--budget-min={budget_min}",
+           "--seed=0", f"--split-fractions={h['split'].strip('[]')}", f"--exact-grid={h['exact_grid']}"]
+    fp = [f"data.root={data.folder}", f"data.split_fractions={h['split']}", f"exact_grid={h['exact_grid']}",
+          f"+sbi.embedding={embedding}", f"+sbi.budget_min={budget_min}"]
+    st = _stage(name, "evaluate", fp, folder, out, [data])
+    st.module, st.args = "pipelines.physical_limit.sbi_npe", npe
+    st._config = compose_stage_config("evaluate", fp, out)
+    st.resumable = False
+    return st
+
+
+def _minutes(hms: str) -> float:
+    """``"DD:HH:MM:SS"`` (Lightning's ``trainer.max_time``) in minutes."""
+    d, hh, mm, ss = (int(x) for x in str(hms).split(":"))
+    return ((d * 24 + hh) * 60 + mm) + ss / 60
 
 
 def _camels_models(out: Path, c: dict) -> dict:
@@ -212,7 +279,7 @@ def all_tasks(out: Path, sc: dict, parts, threads: int = 1) -> list[Stage]:
     Every stage runs in the repository with ``threads`` torch/BLAS threads and unbuffered output.
     """
     tasks: dict[str, Stage] = {}
-    builders = {"grf": grf_tasks, "camels": camels_tasks, "cross": cross_tasks, "sweep": sweep_tasks}
+    builders = {"grf": grf_tasks, "heads": heads_tasks, "camels": camels_tasks, "cross": cross_tasks, "sweep": sweep_tasks}
     for p in parts:
         for t in builders[p](out, sc):
             tasks.setdefault(t.name, t)

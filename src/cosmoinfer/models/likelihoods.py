@@ -87,7 +87,7 @@ _KWARGS: dict[str, tuple[str, ...]] = {
     "gaussian_nll": ("parameterisation", "min_std", "log_var_max", "beta"),
     "mse": (),
     "moment": ("sigma_transform", "min_std", "eps"),
-    "gaussian_fullcov": ("min_std",),
+    "gaussian_fullcov": ("min_std", "beta"),
     "mdn": ("n_components", "covariance", "min_std"),
     "bernoulli": (),
 }

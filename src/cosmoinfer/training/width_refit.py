@@ -136,7 +136,11 @@ class RefitWidths(pl.Callback):
     again (atomically, through the trainer) with ``meta["width_refit"]`` recording the map count
     and the NLL before and after. ``last.ckpt`` keeps the raw training state for ``resume=true``.
     Without a checkpoint callback the module's current weights are refitted in memory. Every DDP
-    rank fits the same maps, so the ranks stay identical.
+    rank fits the same maps, so the ranks stay identical. A likelihood without width outputs of
+    its own (``loss=flow``, ``mdn``, ``mse`` ...: nothing to refit apart from the means) is left as
+    trained, with a warning at set-up, so a preset that refits its Gaussian head's widths (e.g.
+    ``experiment=grf_fisher``) still trains with ``loss=flow``; ``meta["width_refit"]`` then records
+    ``{"skipped": reason}``.
 
     Args:
         max_maps: most training maps used (a random subset beyond it).
@@ -147,10 +151,17 @@ class RefitWidths(pl.Callback):
         if int(max_maps) < 1:
             raise ValueError(f"RefitWidths: max_maps must be >= 1, got {max_maps}")
         self.max_maps, self.seed = int(max_maps), int(seed)
+        self.skipped: str | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
-        if stage == "fit":  # fail before training, not after it
-            check_refittable(pl_module.network, pl_module.likelihood)
+        if stage != "fit":
+            return
+        if pl_module.likelihood.name not in REFITTABLE:
+            self.skipped = f"loss={pl_module.likelihood.name} has no width outputs separate from its means"
+            log.warning("callbacks.refit_widths: %s; the widths are left as trained", self.skipped)
+            pl_module.meta["width_refit"] = {"skipped": self.skipped}  # in every checkpoint
+            return
+        check_refittable(pl_module.network, pl_module.likelihood)  # fail before training, not after it
 
     def _loader(self, trainer) -> DataLoader:
         dm = trainer.datamodule
@@ -162,6 +173,8 @@ class RefitWidths(pl.Callback):
                           num_workers=0)
 
     def on_train_end(self, trainer, pl_module) -> None:
+        if self.skipped is not None:
+            return
         ckpt_cb = trainer.checkpoint_callback
         best = Path(ckpt_cb.best_model_path) if ckpt_cb is not None and ckpt_cb.best_model_path else None
         if best is not None and best.is_file():
