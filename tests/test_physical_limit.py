@@ -281,3 +281,87 @@ def test_stage_graph_runs_in_parallel_records_failures_and_redoes_what_changed(t
         with pytest.raises(InputError, match=r"another python -m pipelines.physical_limit \(pid \d+\) is "):
             with FolderLock(out):
                 pass
+
+
+def test_heads_part_trains_every_head_under_one_budget_and_evaluates_each_predictive(tmp_path):
+    """Every network of the heads part gets the same trainer.max_time on the same maps and split; the BNN
+    is evaluated by evaluator=bnn, the flow ensemble mixes the flow members, the sbi peers get the same
+    budget in minutes and the same split, and every timed training is listed before any evaluation."""
+    sc = pl.scale_config("full")
+    h = sc["heads"]
+    tasks = pl.heads_tasks(tmp_path, sc)
+    names = [t.name for t in tasks]
+    trains = [t for t in tasks if t.name.startswith("heads train")]
+    assert {t.name for t in trains} >= {f"heads train {k}" for k in ("diagonal", "fullcov", "mdn", "flow", "bnn")}
+    assert len(trains) == len(h["heads"]) + int(h["flow_members"]) - 1
+    for t in trains:
+        assert f"trainer.max_time={h['budget']}" in t.args and f"data.split_fractions={h['split']}" in t.args
+        assert t.inputs[0].name == "heads simulate"
+    evals = {t.name.removeprefix("heads evaluate "): t for t in tasks if t.name.startswith("heads evaluate")}
+    assert "evaluator=bnn" in evals["bnn"].args and "evaluator=single" not in evals["bnn"].args
+    ens = next(a for a in evals["flow_ensemble"].args if a.startswith("checkpoints="))
+    assert ens.count("best.ckpt") == int(h["flow_members"]) and "evaluator=ensemble" in evals["flow_ensemble"].args
+    assert all("tta=true" in t.args and f"exact_grid={h['exact_grid']}" in t.args for t in evals.values())
+    peers = [t for t in tasks if t.name.startswith("heads sbi")]
+    assert [t.name for t in peers] == [f"heads sbi {e}" for e in h["sbi"]]
+    minutes = pl.tasks._minutes(h["budget"])
+    for t in peers:
+        assert t.module == "pipelines.physical_limit.sbi_npe"
+        assert f"--budget-min={minutes}" in t.args and f"--split-fractions={h['split'].strip('[]')}" in t.args
+    last_timed = max(names.index(t.name) for t in [*trains, *peers])
+    assert last_timed < min(names.index(f"heads evaluate {k}") for k in evals)
+    # a different budget is a different stage (fingerprint), for the sbi peers too
+    other = dict(sc, heads=dict(h, budget="00:00:09:00"))
+    assert pl.heads_tasks(tmp_path, other)[-len(evals) - 1].fingerprint != tasks[-len(evals) - 1].fingerprint
+
+
+def test_heads_table_marks_the_flow_targets_and_the_bnn_width_band():
+    def entry(eff, ratio, kl, hpd):
+        p = {"efficiency": eff, "std_ratio_median": ratio, "mean_shift": 0.1, "coverage_error": 0.01,
+             "rmse": 0.05, "train_minutes": 8.0}
+        return {"Omega_m": dict(p), "sigma_8": dict(p),
+                "joint": {"expected_kl": kl, "expected_kl_lo": kl - 0.01, "expected_kl_hi": kl + 0.01,
+                          "hpd_coverage_error": hpd, "exact_hpd_coverage_error": 0.003}}
+
+    res = {"grf_heads_flow": entry(0.99, 1.0, 0.04, 0.01), "grf_heads_flow_ensemble": entry(0.97, 1.0, 0.2, 0.05),
+           "grf_heads_bnn": entry(0.9, 1.3, 2.0, 0.1), "grf_heads_diagonal": entry(0.96, 1.02, 2.3, 0.1)}
+    rows = pl.heads_table(res)
+    row = {r.split(" | ")[0].strip("| "): r for r in rows[2:]}
+    assert row["flow"].count("✓") == 4 and "✗" not in row["flow"]  # KL, 2 x efficiency, HPD
+    assert row["flow ensemble"].count("✗") == 4
+    assert "1.300 ✗ / 1.300 ✗" in row["BNN (mean-field head, diagonal Gaussian)"]
+    assert "✓" not in row["diagonal Gaussian (grf_fisher)"] and "✗" not in row["diagonal Gaussian (grf_fisher)"]
+    assert rows[1].count("|") == rows[2].count("|") and row["exact posterior"].startswith("| exact posterior")
+    assert [r.split(" | ")[0].strip("| ") for r in rows[2:-1]] == [
+        "diagonal Gaussian (grf_fisher)", "flow", "flow ensemble", "BNN (mean-field head, diagonal Gaussian)"]
+
+
+def test_interval_figures_bracket_a_calibrated_predictive_and_catch_a_narrow_one():
+    """Gaussian predictives, 15 maps per simulation sharing parameters: calibrated by construction, the
+    coverage error's interval reaches down to the DKW scale of the simulations; twice too narrow, the
+    whole interval lies far above it. The RMSE interval brackets the figure and narrows with more
+    simulations."""
+    from types import SimpleNamespace
+
+    from cosmoinfer.calibration.metrics import coverage_tolerance
+    from cosmoinfer.posterior import Bijection, MixturePredictive
+
+    rng = np.random.default_rng(3)
+
+    def draw(n_sims, width=1.0, per=15):
+        std = np.repeat(rng.uniform(0.05, 0.2, size=(n_sims, 2)), per, axis=0)
+        mean = np.repeat(rng.uniform(0.3, 0.7, size=(n_sims, 2)), per, axis=0)
+        truth = mean + std * rng.standard_normal(mean.shape)
+        q = MixturePredictive.from_gaussians(mean[:, None], (width * std[:, None]) ** 2, Bijection.identity(2),
+                                             ["a", "b"])
+        return SimpleNamespace(truth=truth, mean=mean, predictive=q, sim_id=np.repeat(np.arange(n_sims), per))
+
+    good = pl.interval_figures(draw(500), n_boot=300)
+    narrow = pl.interval_figures(draw(500, width=0.5), n_boot=300)
+    tol = coverage_tolerance(500)  # DKW at the number of simulations: maps within one are not independent
+    assert np.all(good["coverage_error_lo"] <= good["coverage_error"])
+    assert np.all(good["coverage_error"] <= good["coverage_error_hi"]) and np.all(good["coverage_error_lo"] < tol)
+    assert np.all(narrow["coverage_error_lo"] > 3 * tol)  # half-width 90% intervals cover 59%: error ~0.3
+    assert np.all(good["rmse_lo"] < good["rmse"]) and np.all(good["rmse"] < good["rmse_hi"])
+    few = pl.interval_figures(draw(40), n_boot=300)
+    assert np.all(few["rmse_hi"] - few["rmse_lo"] > 2 * (good["rmse_hi"] - good["rmse_lo"]))

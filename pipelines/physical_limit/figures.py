@@ -115,6 +115,33 @@ def predictive_coverage_errors(test, metrics: dict | None = None) -> np.ndarray:
     return np.array([float(np.squeeze(m["params"][nm]["coverage_error"])) for nm in test.param_names])
 
 
+def interval_figures(test, n_boot: int = 1000, level: float = 0.95, seed: int = 0) -> dict[str, np.ndarray]:
+    """RMSE and the whole predictive's marginal coverage error, each with a bootstrap interval over simulations.
+
+    Per parameter ``(P,)``: ``rmse`` with ``rmse_lo`` / ``rmse_hi`` (percentile interval of the RMSE over
+    ``n_boot`` resamples of whole simulations) and ``coverage_error`` (max over the levels 0.05 ... 0.95
+    of |coverage of the central intervals - level|, read from the predictive's PIT as the report reads
+    it, before any recalibration) with ``coverage_error_lo`` / ``_hi`` (the same statistic on each
+    resample). The maps of one simulation share their parameters, so whole simulations are resampled
+    (:mod:`cosmoinfer.calibration.by_simulation`).
+    """
+    from cosmoinfer.calibration import scores
+    from cosmoinfer.calibration.by_simulation import bootstrap_means, coverage_indicators
+    from cosmoinfer.calibration.levels import DEFAULT_LEVELS
+
+    rng = np.random.default_rng(seed)
+    q = ((1 - level) / 2, (1 + level) / 2)
+    sq = (np.asarray(test.truth) - np.asarray(test.mean)) ** 2  # (N, P)
+    rmse_b = np.sqrt(bootstrap_means(sq, test.sim_id, rng, n_boot))  # (B, P)
+    lv = np.asarray(DEFAULT_LEVELS)
+    ind = coverage_indicators(scores.pit(test.predictive, test.truth), lv)  # (N, L, P)
+    err = np.max(np.abs(ind.mean(axis=0) - lv[:, None]), axis=0)  # (P,)
+    err_b = np.max(np.abs(bootstrap_means(ind, test.sim_id, rng, n_boot) - lv[None, :, None]), axis=1)  # (B, P)
+    return {"rmse": np.sqrt(sq.mean(axis=0)), "rmse_lo": np.quantile(rmse_b, q[0], axis=0),
+            "rmse_hi": np.quantile(rmse_b, q[1], axis=0), "coverage_error": err,
+            "coverage_error_lo": np.quantile(err_b, q[0], axis=0), "coverage_error_hi": np.quantile(err_b, q[1], axis=0)}
+
+
 def joint_figures(test, prefix: str = "", exact: bool = False, metrics: dict | None = None) -> dict:
     """Figures of the whole predictive of ``test`` (a :class:`Predictions`), for the ``joint`` entry.
 

@@ -24,6 +24,7 @@ from pipelines.physical_limit.figures import (
     calibration_figures,
     exact_figures,
     exact_reference,
+    interval_figures,
     joint_figures,
     predictive_coverage_errors,
 )
@@ -194,15 +195,23 @@ def _sbi_minutes(folder: Path) -> float | None:
 def _cnn_vs_ps(cnn, ps, cnn_train, ps_train) -> dict:
     (ct, cv), (pt, pv) = cnn, ps
     out = {}
+    # coverage_error (and its interval): the whole predictive's, from its PIT (interval_figures), in
+    # place of calibration_figures' Gaussian-interval one; the recalibrated figures stay Gaussian
     if ct is not None:
-        out = _per_param(ct.param_names, calibration_figures(ct, cv))
+        out = _per_param(ct.param_names, {**calibration_figures(ct, cv), **interval_figures(ct)})
         for nm in out:
             out[nm]["train_minutes"] = _num(cnn_train["minutes"] or np.nan)
     if pt is not None:
-        out = _merge(out, _per_param(pt.param_names, calibration_figures(pt, pv), "baseline_"))
+        out = _merge(out, _per_param(pt.param_names, {**calibration_figures(pt, pv), **interval_figures(pt)},
+                                     "baseline_"))
         for nm in out:
             out[nm]["baseline_train_minutes"] = _num(ps_train["minutes"] or np.nan)
-    for d in out.values():
+    if ct is not None:
+        j = joint_figures(ct)
+        out["joint"] = {k: j[k] for k in ("hpd_coverage_error", "nll")}
+    for nm, d in out.items():
+        if nm == "joint":
+            continue
         if d.get("rmse") and d.get("baseline_rmse"):
             d["rmse_gain"] = _num(1 - d["rmse"] / d["baseline_rmse"])
     if ct is not None and pt is not None and np.array_equal(ct.sim_id, pt.sim_id) \
@@ -225,7 +234,7 @@ def summarise_camels(out: Path, info: dict) -> dict:
     for f in MULTI_FIELDS:
         test, val = _pair(pr, f"single_{f}_cnn")
         if test is not None:
-            d = _per_param(test.param_names, calibration_figures(test, val))
+            d = _per_param(test.param_names, {**calibration_figures(test, val), **interval_figures(test)})
             for nm in d:
                 d[nm]["train_minutes"] = _num(train_info(md / f"single_{f}_cnn")["minutes"] or np.nan)
             res[f"camels_like_single_{f}"] = d

@@ -171,18 +171,33 @@ def heads_table(results: dict) -> list[str]:
     return rows
 
 
+def _with_ci(d: dict, key: str, digits: int = 3) -> str:
+    """``0.0321 [0.0290, 0.0355]``: a figure and its simulation-bootstrap interval (``key_lo`` / ``_hi``)."""
+    lo, hi = d.get(key + "_lo"), d.get(key + "_hi")
+    ci = "" if lo is None or hi is None else f" [{_f(lo, digits)}, {_f(hi, digits)}]"
+    return _f(d.get(key), digits) + ci
+
+
 def cnn_ps_table(results: dict, keys) -> list[str]:
-    rows = ["| experiment | parameter | CNN RMSE | PS RMSE | CNN gain [95% CI] | CNN cov. err. (recal.) | "
-            "PS cov. err. (recal.) | CNN train min |", "|---|---|---|---|---|---|---|---|"]
+    """CNN vs PS baseline per parameter: RMSE and coverage error (whole predictive, before recalibration;
+    after variance scaling in brackets) with 95% simulation-bootstrap intervals where recorded; the
+    CNN's joint HPD coverage error on each experiment's last row."""
+    rows = ["| experiment | parameter | CNN RMSE [95%] | PS RMSE [95%] | CNN gain [95% CI] | CNN cov. err. [95%] "
+            "(recal.) | PS cov. err. [95%] (recal.) | CNN train min |", "|---|---|---|---|---|---|---|---|"]
     for exp in keys:
         for nm, d in results.get(exp, {}).items():
+            if nm == "joint":
+                hpd = d.get("hpd_coverage_error")
+                if hpd is not None:
+                    rows.append(f"| {exp} | joint (HPD regions) | — | — | — | {_f(hpd)} | — | — |")
+                continue
             gain = d.get("rmse_gain")
             judged = gain is not None and nm in ("Omega_m", "sigma_8") and exp.startswith("camels_like_mtot")
             ok = gain >= TARGETS["camels_gain"] if judged else None
-            rows.append(f"| {exp} | {nm} | {_f(d.get('rmse'), 4)} | {_f(d.get('baseline_rmse'), 4)} | "
+            rows.append(f"| {exp} | {nm} | {_with_ci(d, 'rmse', 4)} | {_with_ci(d, 'baseline_rmse', 4)} | "
                         f"{_gain(d, ok)} | "
-                        f"{_f(d.get('coverage_error'))} ({_f(d.get('coverage_error_recalibrated'))}) | "
-                        f"{_f(d.get('baseline_coverage_error'))} "
+                        f"{_with_ci(d, 'coverage_error')} ({_f(d.get('coverage_error_recalibrated'))}) | "
+                        f"{_with_ci(d, 'baseline_coverage_error')} "
                         f"({_f(d.get('baseline_coverage_error_recalibrated'))})"
                         f" | {_f(d.get('train_minutes'), 1)} |")
     return rows
@@ -197,6 +212,8 @@ def multifield_table(results: dict) -> list[str]:
             + " | multifield best? |",
             "|---|---|" + "---|" * len(singles) + "---|"]
     for nm, d in multi.items():
+        if nm == "joint":
+            continue
         r = [results[f"camels_like_single_{f}"].get(nm, {}).get("rmse") for f in singles]
         best = min((x for x in r if x is not None), default=None)
         ok = None if best is None or d.get("rmse") is None else d["rmse"] < best
@@ -249,6 +266,8 @@ def sweep_table(results: dict) -> list[str]:
             "|---|---|---|---|---|"]
     for k in sorted(keys, key=lambda k: float(k.rsplit("_", 1)[1])):
         for nm, d in results[k].items():
+            if nm == "joint":
+                continue
             rows.append(f"| {k[len('sweep_'):].replace('_', ' ')} | {nm} | {_f(d.get('rmse'), 4)} | "
                         f"{_f(d.get('baseline_rmse'), 4)} | {_gain(d)} |")
     return rows

@@ -216,36 +216,51 @@ def _camels_models(out: Path, c: dict) -> dict:
 
 
 def camels_tasks(out: Path, sc: dict, cross_only: bool = False) -> list[Stage]:
+    """The camels models, each evaluated in-suite (``cross_only``: only the cross-suite part's models).
+
+    With ``camels.test_sims`` / ``calib_sims`` set, every model is judged on ``test_sims`` fresh
+    SynthTNG simulations (seed 1, all their maps: ``predictions/<model>/test``) and its recalibrations
+    are fitted on ``calib_sims`` more (seed 2: ``predictions/<model>/calib``), as the grf part does; the
+    training data's own split then needs no test share. Without them: the training data's val and
+    test splits (``predictions/<model>/{val,test}``).
+    """
     c = sc["camels"]
     root = out / "camels"
     sim = simulate_task("camels simulate", root / "data", out, "camels_like", c["n_sims"], c["grid"],
                         ["SynthTNG", "SynthSIMBA"], list(MULTI_FIELDS))
     tasks = [sim]
+    fresh = {}
+    for key, seed in (("test", 1), ("calib", 2)):
+        if c.get(f"{key}_sims"):
+            fresh[key] = simulate_task(f"camels simulate {key}", root / f"{key}_data", out, "camels_like",
+                                       c[f"{key}_sims"], c["grid"], ["SynthTNG"], list(MULTI_FIELDS), seed=seed)
+            tasks.append(fresh[key])
     models = _camels_models(out, c)
     if cross_only:
         models = {k: v for k, v in models.items() if k in CROSS_MODELS}
     for name, (exp, over) in models.items():
         train = train_task(f"camels train {name}", root / "models" / name, out, exp, sim, 0, over)
         tasks.append(train)
-        if not cross_only:
-            for split_name in ("val", "test"):
-                tasks.append(eval_task(f"camels evaluate {name} {split_name}",
-                                       root / "predictions" / name / split_name, out, [train], split_name,
-                                       _tta(name)))
+        for split_name in ("test", "calib") if fresh else ("val", "test"):
+            if split_name in fresh:
+                extra, data = [f"data.root={fresh[split_name].folder}", "data.suite=SynthTNG"], [fresh[split_name]]
+                split = "all"
+            else:
+                extra, data, split = [], [], split_name
+            tasks.append(eval_task(f"camels evaluate {name} {split_name}", root / "predictions" / name / split_name,
+                                   out, [train], split, [*extra, *_tta(name)], data=data))
     return tasks
 
 
 def cross_tasks(out: Path, sc: dict) -> list[Stage]:
-    """Train on SynthTNG (the camels models of ``CROSS``), evaluate on all SynthSIMBA maps."""
-    root = out / "camels"
+    """Train on SynthTNG (the camels models of ``CROSS``), evaluate on all SynthSIMBA maps.
+
+    The in-suite predictions (for contrast, and the recalibration fit) are the camels part's own.
+    """
     tasks = camels_tasks(out, sc, cross_only=True)
     sim, trains = tasks[0], {t.name: t for t in tasks}
     for name in CROSS_MODELS:
         train = trains[f"camels train {name}"]
-        for split_name in ("val", "test"):  # in-suite predictions (also made by the camels part)
-            tasks.append(eval_task(f"camels evaluate {name} {split_name}",
-                                   root / "predictions" / name / split_name, out, [train], split_name,
-                                   _tta(name)))
         foreign = [f"data.root={sim.folder}", "data.suite=SynthSIMBA", *_tta(name)]
         tasks.append(eval_task(f"cross evaluate {name} SynthSIMBA", out / "cross" / "predictions" / name, out,
                                [train], "all", foreign, data=[sim]))
