@@ -365,3 +365,32 @@ def test_interval_figures_bracket_a_calibrated_predictive_and_catch_a_narrow_one
     assert np.all(good["rmse_lo"] < good["rmse"]) and np.all(good["rmse"] < good["rmse_hi"])
     few = pl.interval_figures(draw(40), n_boot=300)
     assert np.all(few["rmse_hi"] - few["rmse_lo"] > 2 * (good["rmse_hi"] - good["rmse_lo"]))
+
+
+def test_oracle_gaussian_kl_is_zero_when_the_exact_posterior_is_that_gaussian_and_positive_otherwise():
+    from types import SimpleNamespace
+
+    from scipy import stats
+
+    from pipelines.physical_limit.summaries import oracle_gaussian_kl
+
+    rng = np.random.default_rng(4)
+    n = 300
+    mean = rng.uniform(0.3, 0.7, size=(n, 2))
+    a = rng.uniform(0.01, 0.05, size=(n, 2))
+    rho = rng.uniform(-0.95, 0.95, size=n)
+    cov = np.stack([np.stack([a[:, 0] ** 2, rho * a[:, 0] * a[:, 1]], -1),
+                    np.stack([rho * a[:, 0] * a[:, 1], a[:, 1] ** 2], -1)], 1)
+    truth = np.array([rng.multivariate_normal(m, c) for m, c in zip(mean, cov)])
+    logp = np.array([stats.multivariate_normal(m, c).logpdf(t) for m, c, t in zip(mean, cov, truth)])
+    pred = SimpleNamespace(truth=truth, sim_id=np.arange(n),
+                           extra={"exact_mean": mean, "exact_cov": cov, "exact_log_prob": logp})
+    assert abs(oracle_gaussian_kl(pred)["expected_kl"]) < 1e-9
+    # the exact posterior twice as narrow (same mean): KL(p || q) of q with 4x the covariance, per map
+    # = 0.5 (tr(4^-1 I) - 2 + 2 ln 4) = 0.5 (0.5 - 2 + 2.77) = 0.636
+    narrow = [stats.multivariate_normal(m, c / 4) for m, c in zip(mean, cov)]
+    truth2 = np.array([d.rvs(random_state=rng) for d in narrow])
+    pred2 = SimpleNamespace(truth=truth2, sim_id=np.arange(n), extra={
+        "exact_mean": mean, "exact_cov": cov, "exact_log_prob": np.array([d.logpdf(t) for d, t in zip(narrow, truth2)])})
+    kl = oracle_gaussian_kl(pred2)
+    assert kl["expected_kl_lo"] < 0.5 * (0.5 - 2 + 2 * np.log(4)) < kl["expected_kl_hi"]

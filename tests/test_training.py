@@ -63,6 +63,21 @@ def test_each_loss_decreases_with_a_real_trainer(data32, tmp_path, loss):
 
 
 @pytest.mark.parametrize("opt", ["sgd", "adagrad", "rmsprop", "adam", "adamw"])
+def test_val_nll_is_the_unweighted_likelihood_and_can_select_checkpoints(data32, tmp_path):
+    # plain NLL: val/nll is val/loss; beta-NLL: val/loss is the weighted loss, val/nll the likelihood
+    train(cfg_for(data32, tmp_path / "plain", "trainer.max_epochs=2"))
+    rows = read_metrics(tmp_path / "plain")
+    np.testing.assert_allclose(epoch_values(rows, "val/nll"), epoch_values(rows, "val/loss"), rtol=1e-6)
+    train(cfg_for(data32, tmp_path / "beta", "trainer.max_epochs=2", "loss=beta_nll",
+                  "callbacks.checkpoint.monitor=val/nll", "callbacks.early_stopping.monitor=val/nll"))
+    rows = read_metrics(tmp_path / "beta")
+    nll, loss = epoch_values(rows, "val/nll"), epoch_values(rows, "val/loss")
+    assert len(nll) == 2 and not np.allclose(nll, loss, rtol=1e-3)
+    ck = torch.load(tmp_path / "beta" / "checkpoints" / "best.ckpt", weights_only=True)
+    best = [cb for k, cb in ck["callbacks"].items() if k.startswith("ModelCheckpoint")][0]
+    assert best["monitor"] == "val/nll" and float(best["best_model_score"]) == pytest.approx(min(nll), rel=1e-5)
+
+
 def test_each_optimizer_config_steps(data32, tmp_path, opt):
     torch.set_num_threads(1)
     out = tmp_path / opt

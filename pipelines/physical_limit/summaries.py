@@ -179,9 +179,28 @@ def summarise_heads(out: Path, info: dict) -> dict:
         res[f"grf_heads_{label}"] = d
         info.setdefault("heads", {}).setdefault("n_test", {})[label] = test.n
         info["heads"].setdefault("kind", {})[label] = test.predictive.kind
+        if "grf_heads_oracle_gaussian" not in res and "exact_cov" in test.extra:
+            res["grf_heads_oracle_gaussian"] = {"joint": oracle_gaussian_kl(test)}
     if trains:
         info.setdefault("heads", {})["train"] = trains
     return res
+
+
+def oracle_gaussian_kl(test) -> dict:
+    """Expected KL of the oracle that knows each map's exact posterior mean and covariance, as one Gaussian.
+
+    ``log q`` = the bivariate normal density ``N(theta_true; exact_mean, exact_cov)`` (physical units,
+    not cut to the prior box); scored by :func:`cosmoinfer.calibration.exact.expected_kl`. The best
+    any single-Gaussian head in these coordinates could do with perfect moments.
+    """
+    from cosmoinfer.calibration.exact import expected_kl
+
+    mu, cov = np.asarray(test.extra["exact_mean"]), np.asarray(test.extra["exact_cov"])
+    r = np.asarray(test.truth) - mu
+    maha = np.einsum("ni,nij,nj->n", r, np.linalg.inv(cov), r)
+    log_q = -0.5 * maha - 0.5 * np.linalg.slogdet(2 * np.pi * cov)[1]
+    kl = expected_kl(test.extra["exact_log_prob"], log_q, test.sim_id, np.random.default_rng(0))
+    return {"expected_kl": _num(kl["value"]), "expected_kl_lo": _num(kl["lo"]), "expected_kl_hi": _num(kl["hi"])}
 
 
 def _sbi_minutes(folder: Path) -> float | None:

@@ -165,6 +165,12 @@ def heads_table(results: dict) -> list[str]:
             kl_cell, _f(minutes[0], 1) if minutes else "—"]) + " |")
     exact = next((results[f"grf_heads_{k}"]["joint"] for k in HEADS_ORDER
                   if (results.get(f"grf_heads_{k}") or {}).get("joint")), None)
+    oracle = (results.get("grf_heads_oracle_gaussian") or {}).get("joint")
+    if oracle:
+        lo, hi = oracle.get("expected_kl_lo"), oracle.get("expected_kl_hi")
+        ci = "" if lo is None or hi is None else f" [{_f(lo)}, {_f(hi)}]"
+        rows.append(f"| oracle: exact mean and covariance as one Gaussian | 1 / 1 | 1 / 1 | 0 / 0 | — | — | "
+                    f"{_f(oracle.get('expected_kl'))}{ci} | — |")
     if exact:
         rows.append(f"| exact posterior | 1 / 1 | 1 / 1 | 0 / 0 | — | {_f(exact.get('exact_hpd_coverage_error'))} "
                     "| 0 | — |")

@@ -60,6 +60,7 @@ class PosteriorModule(pl.LightningModule):
         # torchmetrics states are reduced over DDP ranks when computed: epoch metrics are global
         self.train_loss = torchmetrics.MeanMetric()
         self.val_loss = torchmetrics.MeanMetric()
+        self.val_nll = torchmetrics.MeanMetric()  # the likelihood itself, whatever the training loss weights
         self.val_mse = torchmetrics.MetricCollection(
             {f"rmse_{n}": torchmetrics.MeanSquaredError(squared=False) for n in self.param_names})
         self.val_acc = torchmetrics.MeanMetric()  # classification: fraction of maps with (p >= 0.5) == label
@@ -105,6 +106,7 @@ class PosteriorModule(pl.LightningModule):
         x, y, _ = batch
         raw = self.network(x)
         self.val_loss.update(self.likelihood.loss(raw, y), weight=len(x))
+        self.val_nll.update(self.likelihood.nll(raw, y).mean(), weight=len(x))
         if self.likelihood.task == "regression":
             mean = self.likelihood.predict(raw)["mean"]
             phys_pred = unit_to_physical_torch(mean, self.p_low, self.p_high, self.p_log)
@@ -119,6 +121,10 @@ class PosteriorModule(pl.LightningModule):
         # torchmetrics states are summed over ranks, so uneven DDP shards are weighted correctly
         self.log("val/loss", self.val_loss.compute(), prog_bar=True, sync_dist=False)
         self.val_loss.reset()
+        # val/nll: the NLL per map (nats, unit coordinates) unweighted, for checkpoint selection when the
+        # training loss is weighted (beta-NLL: val/loss is the sigma^(2 beta)-weighted loss)
+        self.log("val/nll", self.val_nll.compute(), sync_dist=False)
+        self.val_nll.reset()
         if self.likelihood.task == "regression":
             for k, v in self.val_mse.compute().items():
                 self.log(f"val/{k}", v)
