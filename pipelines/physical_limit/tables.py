@@ -22,7 +22,8 @@ SECTION = "## Physical limit (statistical benchmark)"
 HEADS_TARGETS = {"expected_kl": 0.05, "efficiency": 0.98, "hpd_coverage_error": 0.02, "bnn_std_ratio": 0.1}
 _HEADS_MODEL = {"diagonal": "diagonal Gaussian (grf_fisher)", "fullcov": "full covariance, β = 0.5",
                 "mdn": "MDN (3 full-covariance components)", "flow": "flow", "flow_ensemble": "flow ensemble",
-                "bnn": "BNN (mean-field head, diagonal Gaussian)", "sbi_ps": "sbi NPE, spline flow on the power spectrum",
+                "bnn": "BNN (mean-field head, diagonal Gaussian)",
+                "ps_flow": "flow on the power-spectrum backbone", "sbi_ps": "sbi NPE, spline flow on the power spectrum",
                 "sbi_cnn": "sbi NPE, spline flow on a CNN embedding"}
 TARGETS = {"efficiency": 0.97, "std_ratio": 0.05, "mean_shift": 0.2, "coverage_error_recalibrated": 0.02,
            "train_minutes": 20.0, "camels_gain": 0.10}

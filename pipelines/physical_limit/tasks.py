@@ -20,7 +20,7 @@ TTA = ["tta=true"]
 MULTI_PARAMS = "[Omega_m,sigma_8,A_SN1,A_AGN1]"
 MULTI_FIELDS = ("Mtot", "Mgas", "T", "Mstar")
 #: the heads part's predictions, in table order
-HEADS_ORDER = ("diagonal", "fullcov", "mdn", "flow", "flow_ensemble", "bnn", "sbi_ps", "sbi_cnn")
+HEADS_ORDER = ("diagonal", "fullcov", "mdn", "flow", "flow_ensemble", "bnn", "ps_flow", "sbi_ps", "sbi_cnn")
 #: cross-suite experiments: JSON key suffix -> (CNN, PS baseline or None), camels models trained on SynthTNG
 CROSS = {"": ("mtot_cnn", "mtot_ps"), "_Mgas": ("single_Mgas_cnn", None),
          "_multifield": ("multifield_cnn", "multifield_ps")}
@@ -141,7 +141,7 @@ def heads_tasks(out: Path, sc: dict) -> list[Stage]:
     Its own maps (``heads.seed``, fresh simulations), split ``heads.split``; every network trains
     under the same wall-clock budget (``trainer.max_time=heads.budget``) on the ``grf_fisher``
     preset with the head's overrides, and is evaluated on the test maps with the exact posterior
-    (TTA for the CNNs). ``flow_ensemble`` mixes the ``flow`` network with ``flow_members - 1`` more
+    (TTA for the CNNs; ``ps_*`` heads sit on the power-spectrum backbone). ``flow_ensemble`` mixes the ``flow`` network with ``flow_members - 1`` more
     flow members (seeds 1, 2 ...); ``bnn`` is evaluated by ``evaluator=bnn``. The sbi peers
     (:mod:`pipelines.physical_limit.sbi_npe`, optional: ``pip install -e '.[bench]'``) train on the
     same training maps with the same budget and write the same ``predictions.h5``.
@@ -161,13 +161,14 @@ def heads_tasks(out: Path, sc: dict) -> list[Stage]:
         flow_members.append(train_task(f"heads train flow {i}", root / "models" / f"flow_{i}", out, "grf_fisher",
                                        sim, i, [*common, *h["heads"]["flow"]]))
     tasks += [*trains.values(), *flow_members[1:]]
-    exact = [f"exact_grid={h['exact_grid']}", *TTA, *h.get("evaluate", [])]
+    exact = [f"exact_grid={h['exact_grid']}", *h.get("evaluate", [])]
     models = {head: [t] for head, t in trains.items()}
     if len(flow_members) > 1:
         models["flow_ensemble"] = flow_members
     for label, ms in models.items():
-        evals.append(eval_task(f"heads evaluate {label}", root / "predictions" / label, out, ms, "test", exact,
-                               method="bnn" if label == "bnn" else None))
+        tta = [] if label.startswith("ps_") else TTA  # a binned power spectrum is invariant already
+        evals.append(eval_task(f"heads evaluate {label}", root / "predictions" / label, out, ms, "test",
+                               [*exact, *tta], method="bnn" if label == "bnn" else None))
     for emb in h.get("sbi", []):
         peers.append(sbi_task(f"heads sbi {emb}", root / "predictions" / f"sbi_{emb}", out, sim, emb, h))
     # in this order (the runner starts stages in list order): every timed training, sbi's included,
