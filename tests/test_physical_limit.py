@@ -301,8 +301,8 @@ def test_heads_part_trains_every_head_under_one_budget_and_evaluates_each_predic
     assert "evaluator=bnn" in evals["bnn"].args and "evaluator=single" not in evals["bnn"].args
     ens = next(a for a in evals["flow_ensemble"].args if a.startswith("checkpoints="))
     assert ens.count("best.ckpt") == int(h["flow_members"]) and "evaluator=ensemble" in evals["flow_ensemble"].args
-    assert all(("tta=true" in t.args) != k.startswith("ps_") and f"exact_grid={h['exact_grid']}" in t.args
-               for k, t in evals.items())
+    assert all(("tta=true" in t.args) != (k.startswith("ps_") or k == "flow_ensemble")
+               and f"exact_grid={h['exact_grid']}" in t.args for k, t in evals.items())
     peers = [t for t in tasks if t.name.startswith("heads sbi")]
     assert [t.name for t in peers] == [f"heads sbi {e}" for e in h["sbi"]]
     minutes = pl.tasks._minutes(h["budget"])
@@ -329,12 +329,12 @@ def test_heads_table_marks_the_flow_targets_and_the_bnn_width_band():
     rows = pl.heads_table(res)
     row = {r.split(" | ")[0].strip("| "): r for r in rows[2:]}
     assert row["flow"].count("✓") == 4 and "✗" not in row["flow"]  # KL, 2 x efficiency, HPD
-    assert row["flow ensemble"].count("✗") == 4
+    assert row["flow ensemble (no TTA)"].count("✗") == 4
     assert "1.300 ✗ / 1.300 ✗" in row["BNN (mean-field head, diagonal Gaussian)"]
     assert "✓" not in row["diagonal Gaussian (grf_fisher)"] and "✗" not in row["diagonal Gaussian (grf_fisher)"]
     assert rows[1].count("|") == rows[2].count("|") and row["exact posterior"].startswith("| exact posterior")
     assert [r.split(" | ")[0].strip("| ") for r in rows[2:-1]] == [
-        "diagonal Gaussian (grf_fisher)", "flow", "flow ensemble", "BNN (mean-field head, diagonal Gaussian)"]
+        "diagonal Gaussian (grf_fisher)", "flow", "flow ensemble (no TTA)", "BNN (mean-field head, diagonal Gaussian)"]
 
 
 def test_interval_figures_bracket_a_calibrated_predictive_and_catch_a_narrow_one():

@@ -21,7 +21,7 @@ SECTION = "## Physical limit (statistical benchmark)"
 #: the BNN's median width ratio band
 HEADS_TARGETS = {"expected_kl": 0.05, "efficiency": 0.98, "hpd_coverage_error": 0.02, "bnn_std_ratio": 0.1}
 _HEADS_MODEL = {"diagonal": "diagonal Gaussian (grf_fisher)", "fullcov": "full covariance, β = 0.5",
-                "mdn": "MDN (3 full-covariance components)", "flow": "flow", "flow_ensemble": "flow ensemble",
+                "mdn": "MDN (3 full-covariance components)", "flow": "flow", "flow_ensemble": "flow ensemble (no TTA)",
                 "bnn": "BNN (mean-field head, diagonal Gaussian)",
                 "ps_flow": "flow on the power-spectrum backbone", "sbi_ps": "sbi NPE, spline flow on the power spectrum",
                 "sbi_cnn": "sbi NPE, spline flow on a CNN embedding"}

@@ -166,7 +166,10 @@ def heads_tasks(out: Path, sc: dict) -> list[Stage]:
     if len(flow_members) > 1:
         models["flow_ensemble"] = flow_members
     for label, ms in models.items():
-        tta = [] if label.startswith("ps_") else TTA  # a binned power spectrum is invariant already
+        # no TTA for a binned power spectrum (invariant already), nor for the flow ensemble: its M members x 8
+        # views would make a mixture of 8 M flows, whose evaluation (every draw's density under every
+        # component) took ~8 min for one flow's 8 views on 7 650 maps; it mixes its M members' single views
+        tta = [] if label.startswith("ps_") or label == "flow_ensemble" else TTA
         evals.append(eval_task(f"heads evaluate {label}", root / "predictions" / label, out, ms, "test",
                                [*exact, *tta], method="bnn" if label == "bnn" else None))
     for emb in h.get("sbi", []):
