@@ -14,8 +14,10 @@ binned auto and cross spectra of every channel pair with
   ``[-1, 1]`` (a cross power can be negative, so it has no logarithm);
 
 optionally (``include_mean``) adds each channel's map mean (``log10`` for log fields), which the
-overdensity spectra drop, then standardises them with a ``BatchNorm1d`` without affine parameters
-(running statistics from training). The backbone has no trainable parameters and no dropout; the MLP head has both.
+overdensity spectra drop, then standardises them with the running mean and variance of the
+training features (:class:`RunningStandardize`: never a batch's own statistics, whose noise, with
+64 maps a batch, blurred the narrow grf posteriors). The backbone has no trainable parameters and
+no dropout; the MLP head has both.
 """
 
 from __future__ import annotations
@@ -29,6 +31,29 @@ from torch import Tensor, nn
 
 from cosmoinfer.errors import InputError
 from cosmoinfer.simulators.summary import K_MAX, binned_power_spectrum
+
+
+class RunningStandardize(nn.BatchNorm1d):
+    """``(x - mean) / sqrt(var + eps)`` with the *running* statistics, also in train mode: ``(B, F) -> (B, F)``.
+
+    In train mode each batch first updates the cumulative averages of the batch means and variances
+    (``momentum=None``), then the batch is standardised with them, not with its own statistics. A
+    plain ``BatchNorm1d`` standardises each training map by its batch's mean and variance, a noise
+    the head learns to cover: on grf power spectra (batches of 64) a flow head trained that way
+    was 0.89 nats (expected KL) from the exact posterior, and 0.08 with fixed standardisation.
+    The buffers and eval-mode behaviour are ``BatchNorm1d``'s, so earlier checkpoints load unchanged.
+    """
+
+    def __init__(self, n_features: int):
+        super().__init__(n_features, affine=False, momentum=None)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training:
+            with torch.no_grad():  # update the running statistics only
+                self.num_batches_tracked.add_(1)
+                nn.functional.batch_norm(x, self.running_mean, self.running_var, training=True,
+                                         momentum=1.0 / float(self.num_batches_tracked), eps=self.eps)
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var, training=False, eps=self.eps)
 
 
 def _pairs(c: int) -> tuple[Tensor, Tensor]:
@@ -73,7 +98,7 @@ class PowerSpectrumBackbone(nn.Module):
         self.n_pairs = len(a)
         self.include_mean = bool(include_mean)
         self.n_features = self.n_pairs * self.n_bins + (c if self.include_mean else 0)
-        self.norm = nn.BatchNorm1d(self.n_features, affine=False)
+        self.norm = RunningStandardize(self.n_features)
         self._warned = False
 
     @torch.no_grad()
@@ -156,4 +181,4 @@ class PowerSpectrumBackbone(nn.Module):
         return self.norm(self.summaries(x).to(self.norm.running_mean.dtype))
 
 
-__all__ = ["PowerSpectrumBackbone"]
+__all__ = ["PowerSpectrumBackbone", "RunningStandardize"]

@@ -1,0 +1,103 @@
+"""The head refit (callbacks=refit_head) and the power-spectrum backbone's running standardisation."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import torch
+from torch import nn
+
+from cosmoinfer.models.likelihoods import build_likelihood
+from cosmoinfer.models.network import MLPHead
+from cosmoinfer.models.power_spectrum_net import RunningStandardize
+from cosmoinfer.training.head_refit import fit_head, mean_nll
+from cosmoinfer.training.run import train
+
+from .test_training import cfg_for, data32  # noqa: F401  (the module-scoped data fixture)
+
+warnings.filterwarnings("ignore", message=".*inferring one.*")
+
+
+def _noisy_feature_problem(n: int, seed: int):
+    """Targets ``y = sigmoid(h @ a)`` plus small noise; clean features ``h`` and train-mode-like noisy ones."""
+    g = torch.Generator().manual_seed(seed)
+    h = torch.randn(n, 4, generator=g)
+    a = torch.tensor([[0.8, -0.5], [0.3, 0.6], [-0.4, 0.2], [0.1, 0.1]])
+    y = torch.sigmoid(h @ a + 0.05 * torch.randn(n, 2, generator=g)).clamp(1e-4, 1 - 1e-4)
+    noisy = h + 0.5 * torch.randn(n, 4, generator=g)  # what a head sees under batch-statistics noise
+    return h, noisy, y
+
+
+def test_fit_head_on_clean_features_narrows_a_head_trained_on_noisy_ones():
+    """A flow head trained on noisy features spreads its mass over the noise; refitted on the clean
+    features the evaluator sees, its held-out NLL falls by far more than the sampling noise
+    (~3 / sqrt(n) nats for n held-out points with O(1) per-point NLL spread)."""
+    torch.manual_seed(0)
+    lik = build_likelihood("flow", n_params=2, n_layers=2)
+    h, noisy, y = _noisy_feature_problem(6000, seed=0)
+    hv, _, yv = _noisy_feature_problem(3000, seed=1)
+    head = MLPHead(4, [32], lik.n_outputs)
+    head = fit_head(head, lik, noisy, y, epochs=15, lr=3e-3, batch_size=128, seed=0)  # "as trained"
+    before = mean_nll(head, lik, hv, yv)
+    refit = fit_head(head, lik, h, y, epochs=15, lr=3e-3, batch_size=128, seed=0)
+    after = mean_nll(refit, lik, hv, yv)
+    assert after < before - 30 / math.sqrt(len(yv)), (before, after)
+    assert mean_nll(head, lik, hv, yv) == before  # the original head is untouched
+
+
+def test_refit_head_rewrites_only_the_head_of_the_best_checkpoint(data32, tmp_path):  # noqa: F811
+    """One epoch, so best.ckpt and last.ckpt hold the same training state: after the refit they differ
+    in head weights only, and the recorded val NLL is the refitted checkpoint's."""
+    torch.set_num_threads(1)
+    out = tmp_path / "flow"
+    train(cfg_for(data32, out, "loss=flow", "loss.n_predict=16", "callbacks=refit_head",
+                  "callbacks.refit_head.epochs=20", "callbacks.refit_head.lr=3e-4"))
+    best, last = (torch.load(out / "checkpoints" / f"{n}.ckpt", weights_only=True) for n in ("best", "last"))
+    info = best["cosmoinfer"]["head_refit"]
+    assert info["n_maps"] == 12 * 15 and info["n_val_maps"] == 4 * 15
+    assert info["kept"] and info["val_nll_after"] < info["val_nll_before"]
+    changed = [k for k, v in best["state_dict"].items() if not torch.equal(v, last["state_dict"][k])]
+    assert changed and all(k.startswith("network.head.") for k in changed), changed
+
+
+def test_refit_head_keeps_the_trained_head_when_the_refit_is_worse(data32, tmp_path):  # noqa: F811
+    """A learning rate of 10: the refit diverges, the val check refuses it, the head stays as trained."""
+    torch.set_num_threads(1)
+    out = tmp_path / "wild"
+    train(cfg_for(data32, out, "callbacks=refit_head", "callbacks.refit_head.lr=10.0",
+                  "callbacks.refit_head.epochs=3"))
+    best, last = (torch.load(out / "checkpoints" / f"{n}.ckpt", weights_only=True) for n in ("best", "last"))
+    info = best["cosmoinfer"]["head_refit"]
+    assert not info["kept"]
+    assert all(torch.equal(v, last["state_dict"][k]) for k, v in best["state_dict"].items())
+
+
+def test_refit_head_leaves_a_bayesian_head_as_trained(data32, tmp_path, caplog):  # noqa: F811
+    with caplog.at_level("WARNING"):
+        train(cfg_for(data32, tmp_path / "bnn", "callbacks=refit_head", "model.bayesian_head=true"))
+    assert "variational (Bayesian) head" in caplog.text
+    info = torch.load(tmp_path / "bnn" / "checkpoints" / "best.ckpt", weights_only=True)["cosmoinfer"]
+    assert "ELBO" in info["head_refit"]["skipped"]
+
+
+def test_running_standardize_never_uses_a_batch_s_own_statistics():
+    """Train mode: after many batches the running statistics are the data's, and a shifted batch comes
+    out shifted (a BatchNorm would centre it); eval mode is BatchNorm's with the same buffers."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(20_000, 3, generator=g) * torch.tensor([1.0, 2.0, 3.0]) + torch.tensor([5.0, 0.0, -1.0])
+    rs = RunningStandardize(3).train()
+    for i in range(0, len(x), 100):
+        rs(x[i: i + 100])
+    n = len(x)  # cumulative averages of 200 batch means / variances: errors ~ std / sqrt(n)
+    assert torch.allclose(rs.running_mean, torch.tensor([5.0, 0.0, -1.0]), atol=4 * 3 / n**0.5)
+    assert torch.allclose(rs.running_var.sqrt(), torch.tensor([1.0, 2.0, 3.0]), rtol=0.03)
+    shifted = x[:100] + torch.tensor([1.0, 2.0, 3.0])  # one std up in every feature
+    out = rs(shifted)
+    assert torch.allclose(out.mean(0), rs(x[:100]).mean(0) + 1.0, atol=0.02)
+    bn = nn.BatchNorm1d(3, affine=False).train()
+    assert float(bn(shifted).mean(0).abs().max()) < 1e-5  # what the batch statistics would have done
+    rs.eval()
+    bn.load_state_dict(rs.state_dict())
+    bn.eval()
+    assert torch.equal(rs(x[:50]), bn(x[:50]))
