@@ -316,6 +316,22 @@ def test_heads_part_trains_every_head_under_one_budget_and_evaluates_each_predic
     assert pl.heads_tasks(tmp_path, other)[-len(evals) - 1].fingerprint != tasks[-len(evals) - 1].fingerprint
 
 
+def test_a_head_on_another_heads_backbone_reads_its_checkpoint_and_runs_after_it(tmp_path):
+    """``transfer.checkpoint=@diagonal`` becomes the diagonal stage's best.ckpt and an input of the stage (so
+    a retrained diagonal network retrains the flow on it); ``--stages`` keeps the stages it names with the
+    stages they read, in the runner's order, and refuses a pattern that matches nothing."""
+    sc = pl.scale_config("full")
+    tasks = {t.name: t for t in pl.heads_tasks(tmp_path, sc)}
+    flow, diag = tasks["heads train flow_on_diagonal"], tasks["heads train diagonal"]
+    assert f"transfer.checkpoint={diag.folder / 'checkpoints' / 'best.ckpt'}" in flow.args
+    assert diag in flow.inputs and "loss=flow" in flow.args
+    sub = pl.tasks.select_stages(pl.all_tasks(tmp_path, sc, ["heads"]), ["heads * flow_on_diagonal", "heads sbi ps"])
+    assert [t.name for t in sub] == ["heads simulate", "heads train diagonal", "heads train flow_on_diagonal",
+                                     "heads sbi ps", "heads evaluate flow_on_diagonal"]
+    with pytest.raises(pl.tasks.InputError, match="'heads \\* nope' matches no stage"):
+        pl.tasks.select_stages(pl.all_tasks(tmp_path, sc, ["heads"]), ["heads * nope"])
+
+
 def test_heads_table_marks_the_flow_targets_and_the_bnn_width_band():
     def entry(eff, ratio, kl, hpd):
         p = {"efficiency": eff, "std_ratio_median": ratio, "mean_shift": 0.1, "coverage_error": 0.01,

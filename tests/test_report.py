@@ -591,3 +591,20 @@ def test_absurd_widths_are_refused_in_one_line(tmp_path):
     # very wide but finite widths are a verdict, not an error
     paths = build_report(write_single(tmp_path / "ok.h5", n=150, width_factor=1e3), tmp_path / "out", **FAST)
     assert "too wide by a factor of" in paths.metrics.read_text()
+
+
+def test_a_long_figure_legend_wraps_onto_rows_that_fit_the_figure():
+    """The README's corner plot ran its legend off both edges of the figure: five long entries on one
+    line. They now wrap to as many columns as fit; short ones stay on one line."""
+    from cosmoinfer.calibration.figure_style import fits_one_row, legend_columns, styled
+
+    @styled
+    def layout(labels):
+        ncol, rows = legend_columns(labels)
+        return ncol, rows, all(fits_one_row(labels[i: i + ncol]) for i in range(0, len(labels), ncol))
+
+    assert layout(["single", "ensemble", "exact posterior"]) == (3, 1, True)
+    long = [f"sbi NPE, spline flow on the power spectrum {i} (★ its truth)" for i in range(5)]
+    ncol, rows, fits = layout(long)
+    assert fits and 1 <= ncol < 5 and rows == -(-5 // ncol)
+    assert not fits_one_row(long)  # the case that ran off the figure

@@ -22,7 +22,7 @@ from pipelines.physical_limit.summaries import (
     write_json,
 )
 from pipelines.physical_limit.tables import machine, old_notes, render_section, update_results_md
-from pipelines.physical_limit.tasks import PARTS, all_tasks
+from pipelines.physical_limit.tasks import PARTS, all_tasks, select_stages
 
 PROG = "python -m pipelines.physical_limit"
 
@@ -39,6 +39,10 @@ def main(argv=None) -> int:
                          "--scale quick: OUT/physical_limit.json)")
     ap.add_argument("--md", default=None, help="RESULTS.md to update (default: benchmarks/RESULTS.md; "
                                                "--scale quick: OUT/RESULTS.md)")
+    ap.add_argument("--stages", default=None,
+                    help="only the stages whose names match these comma-separated shell patterns (with the "
+                         "stages they read), e.g. 'heads * diagonal,heads * flow_on_diagonal'; the JSON keeps "
+                         "the last figures of the others")
     ap.add_argument("--summary-only", action="store_true",
                     help="only recompute the figures from existing runs")
     a = ap.parse_args(argv)
@@ -66,7 +70,10 @@ def run(a: argparse.Namespace, argv=None) -> int:
         runner = StageRunner()
         if not a.summary_only:
             print(f"[physical_limit] {out} (stage logs in {out / 'logs'})", flush=True)
-            runner.run_graph(all_tasks(out, sc, parts, threads=a.threads), jobs=a.jobs)
+            tasks = all_tasks(out, sc, parts, threads=a.threads)
+            if a.stages:
+                tasks = select_stages(tasks, [x.strip() for x in a.stages.split(",") if x.strip()])
+            runner.run_graph(tasks, jobs=a.jobs)
         failed = dict(runner.failed)
         info = {"date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M"), "machine": machine(),
                 "command": f"{PROG} " + " ".join(argv if argv is not None else sys.argv[1:]),

@@ -139,15 +139,29 @@ def summarise_grf(out: Path, info: dict) -> dict:
 HEADS_METRICS = ("efficiency", "std_ratio_median", "mean_shift", "coverage_error", "rmse", "train_minutes")
 
 
+def transfer_source(folder: Path) -> str | None:
+    """The name of the training folder whose backbone ``folder``'s best checkpoint started from, if any."""
+    ckpt = folder / "checkpoints" / "best.ckpt"
+    if not ckpt.is_file():
+        return None
+    import torch
+
+    src = (torch.load(ckpt, map_location="cpu", weights_only=True)["cosmoinfer"].get("transfer") or {})
+    path = src.get("checkpoint")
+    return Path(path).parent.parent.name if path else None
+
+
 def summarise_heads(out: Path, info: dict) -> dict:
     """``grf_heads_<label>``: each head's predictive against the exact posterior of the same test maps.
 
     Per parameter: ``efficiency``, ``std_ratio_median``, ``mean_shift`` (of the predictive's moments,
     :mod:`cosmoinfer.calibration.exact`), ``coverage_error`` (marginal, of the whole predictive, before
     any recalibration: :func:`predictive_coverage_errors`), ``rmse``, ``train_minutes`` (wall minutes
-    of training: the sum over members for an ensemble; sbi's own record for the sbi peers); under
+    of training: the sum over members for an ensemble, the source's training included for a head on a
+    transferred backbone; sbi's own record for the sbi peers); under
     ``joint``: ``expected_kl`` with its simulation-bootstrap interval, ``hpd_coverage_error``, ``nll``
-    and the exact posterior's own ``exact_hpd_coverage_error`` / ``exact_nll``.
+    and the exact posterior's own ``exact_hpd_coverage_error`` / ``exact_nll``; under ``run``: the ``date``
+    of the run that scored it and the ``epochs`` its network trained (the most of an ensemble's members).
     """
     from cosmoinfer.calibration.metrics import compute_metrics, rmse
 
@@ -167,8 +181,11 @@ def summarise_heads(out: Path, info: dict) -> dict:
             minutes = sum(trains[k]["minutes"] or 0 for k in members) if members else None
         elif label.startswith("sbi_"):
             minutes = _sbi_minutes(pr / label)
-        else:
+        else:  # a head trained on another head's backbone (transfer.checkpoint) counts both trainings
             minutes = (trains.get(label) or {}).get("minutes")
+            src = transfer_source(md / label)
+            if minutes is not None and src is not None and src in trains:
+                minutes += trains[src]["minutes"] or 0
         metrics = compute_metrics(test, rng=np.random.default_rng(0), n_posterior_samples=200, n_bootstrap=200)
         figs = {**exact_figures(test, reference={}), "coverage_error": predictive_coverage_errors(test, metrics),
                 "rmse": rmse(test.truth, test.mean)}
@@ -176,6 +193,10 @@ def summarise_heads(out: Path, info: dict) -> dict:
         for nm in d:
             d[nm]["train_minutes"] = _minutes(minutes)
         d["joint"] = joint_figures(test, exact=True, metrics=metrics)
+        member_epochs = [trains[k]["epochs"] for k in trains if k == label or (label == "flow_ensemble" and (
+            k == "flow" or k.startswith("flow_") and k[5:].isdigit()))]
+        d["run"] = {"date": info.get("date"), "epochs": max(member_epochs) if member_epochs and None not in
+                    member_epochs else None}
         res[f"grf_heads_{label}"] = d
         info.setdefault("heads", {}).setdefault("n_test", {})[label] = test.n
         info["heads"].setdefault("kind", {})[label] = test.predictive.kind

@@ -22,6 +22,7 @@ SECTION = "## Physical limit (statistical benchmark)"
 HEADS_TARGETS = {"expected_kl": 0.05, "efficiency": 0.98, "hpd_coverage_error": 0.02, "bnn_std_ratio": 0.1}
 _HEADS_MODEL = {"diagonal": "diagonal Gaussian (grf_fisher)", "fullcov": "full covariance, β = 0.5",
                 "mdn": "MDN (3 full-covariance components)", "flow": "flow", "flow_ensemble": "flow ensemble (no TTA)",
+                "flow_on_diagonal": "flow on the diagonal network's frozen backbone",
                 "bnn": "BNN (mean-field head, diagonal Gaussian)",
                 "ps_flow": "flow on the power-spectrum backbone", "sbi_ps": "sbi NPE, spline flow on the power spectrum",
                 "sbi_cnn": "sbi NPE, spline flow on a CNN embedding"}
@@ -141,16 +142,17 @@ def heads_table(results: dict) -> list[str]:
     the BNN's median width ratio (:data:`HEADS_TARGETS`).
     """
     rows = ["| head | efficiency Ω_m / σ_8 | median width ratio | mean shift | marginal coverage err. | "
-            "HPD coverage err. | expected KL, nats [95% sim. bootstrap] | train min |",
+            "HPD coverage err. | expected KL, nats [95% sim. bootstrap] | train min (epochs, run) |",
             "|---|---|---|---|---|---|---|---|"]
     t = HEADS_TARGETS
     for label in HEADS_ORDER:
         d = results.get(f"grf_heads_{label}")
         if not d:
             continue
-        params = [nm for nm in d if nm != "joint"]
+        params = [nm for nm in d if nm not in ("joint", "run")]
         j = d.get("joint") or {}
         flow = label.startswith("flow")
+        run = d.get("run") or {}
 
         kl, lo, hi = (j.get(k) for k in ("expected_kl", "expected_kl_lo", "expected_kl_hi"))
         ci = "" if lo is None or hi is None else f" [{_f(lo)}, {_f(hi)}]"
@@ -163,7 +165,8 @@ def heads_table(results: dict) -> list[str]:
             _both(d, params, "std_ratio_median", (lambda x: abs(x - 1) <= t["bnn_std_ratio"]) if label == "bnn" else None),
             _both(d, params, "mean_shift"), _both(d, params, "coverage_error"),
             _f(hpd) + _mark(None if not flow or hpd is None else hpd <= t["hpd_coverage_error"]),
-            kl_cell, _f(minutes[0], 1) if minutes else "—"]) + " |")
+            kl_cell, (_f(minutes[0], 1) if minutes else "—")
+            + (f" ({run['epochs']} ep., {run['date'][:10]})" if run.get("epochs") and run.get("date") else "")]) + " |")
     exact = next((results[f"grf_heads_{k}"]["joint"] for k in HEADS_ORDER
                   if (results.get(f"grf_heads_{k}") or {}).get("joint")), None)
     oracle = (results.get("grf_heads_oracle_gaussian") or {}).get("joint")
@@ -343,7 +346,10 @@ def render_section(results: dict, info: dict, notes: str) -> str:
               "from its PIT, HPD coverage from its density). Targets (flow): expected KL ≤ "
               f"{HEADS_TARGETS['expected_kl']}, efficiency ≥ {HEADS_TARGETS['efficiency']}, HPD coverage error ≤ "
               f"{HEADS_TARGETS['hpd_coverage_error']}; BNN median width ratio within 1 ± "
-              f"{HEADS_TARGETS['bnn_std_ratio']}. Train minutes: wall clock, summed over an ensemble's members.",
+              f"{HEADS_TARGETS['bnn_std_ratio']}. Train minutes: wall clock, summed over an ensemble's members "
+              "(for a head on another network's frozen backbone, that network's minutes included); epochs and "
+              "the run's date where recorded: the budget buys more epochs on a faster or idler machine, so "
+              "compare rows of one run.",
               ""] + h + [""]
     c = cnn_ps_table(results, ["camels_like_mtot", "camels_like_multifield"] +
                      [f"camels_like_single_{f}" for f in MULTI_FIELDS])

@@ -8,8 +8,10 @@ stages it reads, so :class:`~cosmoinfer.stages.StageRunner` reuses a stage only 
 
 from __future__ import annotations
 
+import fnmatch
 from pathlib import Path
 
+from cosmoinfer.errors import InputError
 from cosmoinfer.stages import Stage, compose_stage_config
 from pipelines.physical_limit.scales import REPO
 
@@ -20,7 +22,7 @@ TTA = ["tta=true"]
 MULTI_PARAMS = "[Omega_m,sigma_8,A_SN1,A_AGN1]"
 MULTI_FIELDS = ("Mtot", "Mgas", "T", "Mstar")
 #: the heads part's predictions, in table order
-HEADS_ORDER = ("diagonal", "fullcov", "mdn", "flow", "flow_ensemble", "bnn", "ps_flow", "sbi_ps", "sbi_cnn")
+HEADS_ORDER = ("diagonal", "fullcov", "mdn", "flow", "flow_ensemble", "flow_on_diagonal", "bnn", "ps_flow", "sbi_ps", "sbi_cnn")
 #: cross-suite experiments: JSON key suffix -> (CNN, PS baseline or None), camels models trained on SynthTNG
 CROSS = {"": ("mtot_cnn", "mtot_ps"), "_Mgas": ("single_Mgas_cnn", None),
          "_multifield": ("multifield_cnn", "multifield_ps")}
@@ -73,11 +75,30 @@ def simulate_task(name: str, folder: Path, out: Path, simulator: str, n_sims: in
 
 
 def train_task(name: str, folder: Path, out: Path, experiment: str, data: Stage, seed: int,
-               overrides) -> Stage:
-    """Train ``experiment`` on the maps ``data`` simulated (``resume=true``: an interrupted run continues)."""
+               overrides, after=()) -> Stage:
+    """Train ``experiment`` on the maps ``data`` simulated (``resume=true``: an interrupted run continues).
+
+    ``after``: training stages this one reads (a ``transfer.checkpoint``), run first.
+    """
     args = [f"experiment={experiment}", f"seed={seed}", f"out_dir={folder}", "resume=true",
             f"data.root={data.folder}", *QUIET, *overrides]
-    return _stage(name, "train", args, folder, out, [data])
+    return _stage(name, "train", args, folder, out, [data, *after])
+
+
+def _from_heads(overrides, trains: dict) -> tuple[list[str], list[Stage]]:
+    """Resolve ``key=@head`` overrides to that head's best checkpoint; returns the overrides and those stages."""
+    resolved, after = [], []
+    for o in overrides:
+        key, sep, value = str(o).partition("=")
+        if sep and value.startswith("@"):
+            src = trains.get(value[1:])
+            if src is None:
+                raise KeyError(f"heads: {o!r} names no head listed before it ({', '.join(trains)})")
+            resolved.append(f"{key}={_ckpt(src)}")
+            after.append(src)
+        else:
+            resolved.append(o)
+    return resolved, after
 
 
 def eval_task(name: str, folder: Path, out: Path, models: list[Stage], split: str, extra=(),
@@ -154,8 +175,9 @@ def heads_tasks(out: Path, sc: dict) -> list[Stage]:
     tasks, evals, peers = [sim], [], []
     trains = {}
     for head, over in h["heads"].items():
+        over, after = _from_heads(over, trains)  # e.g. transfer.checkpoint=@diagonal
         trains[head] = train_task(f"heads train {head}", root / "models" / head, out, "grf_fisher", sim, 0,
-                                  [*common, *over])
+                                  [*common, *over], after)
     flow_members = [trains["flow"]] if "flow" in trains else []
     for i in range(1, int(h.get("flow_members", 1)) if flow_members else 0):
         flow_members.append(train_task(f"heads train flow {i}", root / "models" / f"flow_{i}", out, "grf_fisher",
@@ -307,3 +329,26 @@ def all_tasks(out: Path, sc: dict, parts, threads: int = 1) -> list[Stage]:
         t.inputs = [tasks.get(i.name, i) for i in t.inputs]  # the kept copy of a stage built twice
         t.env = dict(env)
     return list(tasks.values())
+
+
+def select_stages(tasks: list[Stage], patterns: list[str]) -> list[Stage]:
+    """The stages whose name matches one of the shell-style ``patterns``, with every stage they read.
+
+    ``"heads * diagonal"`` keeps ``heads train diagonal`` and ``heads evaluate diagonal`` (and the
+    simulation they read); a pattern that matches no stage is an error naming the stages.
+    """
+    keep: dict[str, Stage] = {}
+
+    def add(t: Stage) -> None:
+        if t.name not in keep:
+            keep[t.name] = t
+            for i in t.inputs:
+                add(i)
+
+    for pat in patterns:
+        hits = [t for t in tasks if fnmatch.fnmatchcase(t.name, pat)]
+        if not hits:
+            raise InputError("--stages", f"{pat!r} matches no stage; the stages are: {'; '.join(t.name for t in tasks)}")
+        for t in hits:
+            add(t)
+    return [t for t in tasks if t.name in keep]  # in the runner's order

@@ -127,6 +127,7 @@ def run_details(models: Sequence, paths: Sequence, *, split: str, n_maps: int, n
         },
         "evaluated": {"suite": suite, "split": split, "n_maps": int(n_maps), "n_sims": int(n_sims)},
     }
-    if "width_refit" in meta:
-        out["width_refit"] = _plain(meta["width_refit"])
+    for key in ("width_refit", "head_refit", "transfer"):  # what happened after (or before) training
+        if key in meta:
+            out[key] = _plain(meta[key])
     return _plain(out)

@@ -89,6 +89,17 @@ def fits_one_row(labels: Sequence[str], width: float = FULL_WIDTH) -> bool:
     return text + em * (3.0 * len(labels) + 1.6 * (len(labels) - 1) + 2) <= width - 0.3
 
 
+def legend_columns(labels: Sequence[str], max_cols: int = 5, width: float = FULL_WIDTH) -> tuple[int, int]:
+    """``(ncol, rows)`` of a top legend of ``labels``: the most columns (``<= max_cols``) whose every row
+    fits the figure width (:func:`fits_one_row`), so long labels wrap onto more rows instead of
+    running off the figure's edges."""
+    labels = list(labels)
+    for ncol in range(min(max_cols, len(labels)), 1, -1):
+        if all(fits_one_row(labels[i: i + ncol], width) for i in range(0, len(labels), ncol)):
+            return ncol, -(-len(labels) // ncol)
+    return 1, len(labels)
+
+
 def single_with_side_legend(panel: float = 4.6, legend_width: float = 5.4):
     """One square panel with room on its right for a legend of long entries."""
     width = 0.85 + panel + 0.3 + legend_width

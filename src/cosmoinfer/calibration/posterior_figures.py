@@ -18,6 +18,7 @@ from scipy.ndimage import gaussian_filter
 from cosmoinfer.calibration.figure_style import (
     COLORS,
     DPI,
+    legend_columns,
     new_figure,
     styled,
     to_png,
@@ -102,10 +103,12 @@ def corner_draws(draws, truth, names: Sequence[str], exact: Mapping | None = Non
     n_pan = len(pairs) + (1 if s8 else 0)
     n_maps = truth.shape[0]
     labels = list(map_labels) if map_labels is not None else [f"map {i + 1}" for i in range(n_maps)]
-    fig, axes = new_figure(n_pan, max_cols=3, legend_rows=1 + (n_maps + 2) // 5)
     ex_idx = {}
     if exact is not None and "Omega_m" in names and "sigma_8" in names:
         ex_idx = {(names.index("Omega_m"), names.index("sigma_8")): True}
+    leg_labels = [f"{lab} (★ its truth)" for lab in labels] + ["68% (thick) / 95% (thin) contours of draws"]
+    ncol, leg_rows = legend_columns([*leg_labels, *(["exact posterior"] if ex_idx else [])])
+    fig, axes = new_figure(n_pan, max_cols=3, legend_rows=leg_rows)
     drew_exact = False
     for ax, (c, r) in zip(axes, pairs):
         for i in range(n_maps):
@@ -145,13 +148,11 @@ def corner_draws(draws, truth, names: Sequence[str], exact: Mapping | None = Non
         ax.set_title("derived S8 (dashed: truth)")
     handles = [Line2D([], [], color=COLORS[i % len(COLORS)], marker="*", ms=11, mec="k", lw=1.6)
                for i in range(n_maps)]
-    leg_labels = [f"{lab} (★ its truth)" for lab in labels]
     handles.append(Line2D([], [], color="0.3", lw=1.6))
-    leg_labels.append("68% (thick) / 95% (thin) contours of draws")
     if drew_exact:
         handles.append(Line2D([], [], color="k", lw=1.6))
         leg_labels.append("exact posterior")
-    top_legend(fig, handles, leg_labels, ncol=min(len(handles), 5))
+    top_legend(fig, handles, leg_labels, ncol=ncol)
     return to_png(fig, dpi)
 
 

@@ -34,7 +34,9 @@ Common options: ``init`` [kaiming_normal | xavier | lecun | pytorch] (see
 :mod:`cosmoinfer.models.init`), ``init_out_scale`` [0.1] (factor on the head's last layer
 weights after init, so raw outputs start near 0), ``channels_last`` [false] (store conv weights,
 and convert inputs, in ``torch.channels_last`` memory format: faster convolutions on recent GPUs
-with AMP).
+with AMP), ``view_average`` [false] (the backbone's features averaged over the 8 rotations and
+flips of the map: an invariant network at 8x the backbone's cost, whose head sees one feature vector
+per map, the same in training and evaluation; test-time augmentation adds nothing to it).
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
+from cosmoinfer.data.transforms import dihedral
 from cosmoinfer.errors import InputError
 from cosmoinfer.models.backbones import CMDBackbone, ResNetBackbone, has_dropout
 from cosmoinfer.models.bayesian import BayesLinear, bayes_layers, network_kl
@@ -96,7 +99,7 @@ class Network(nn.Module):
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, arch: str = "custom", hparams: dict | None = None,
-                 channels_last: bool = False):
+                 channels_last: bool = False, view_average: bool = False):
         super().__init__()
         self.backbone = backbone
         self.head = head
@@ -105,18 +108,41 @@ class Network(nn.Module):
         self.n_features = getattr(backbone, "n_features", None)
         self.n_outputs = getattr(head, "n_outputs", None)
         self.channels_last = bool(channels_last)
+        self.view_average = bool(view_average)
+        self.backbone_frozen = False
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
+
+    def freeze_backbone(self) -> None:
+        """Fix the backbone: no gradients, and eval mode even when the network is put in train mode.
+
+        BatchNorm then normalises with its running statistics and dropout is off in the backbone, so a
+        head trained on top sees the features of evaluation (``transfer.freeze``).
+        """
+        for p in self.backbone.parameters():
+            p.requires_grad_(False)
+        self.backbone_frozen = True
+        self.backbone.eval()
+
+    def train(self, mode: bool = True) -> "Network":
+        super().train(mode)
+        if self.backbone_frozen:
+            self.backbone.train(False)
+        return self
 
     def forward(self, x: Tensor) -> Tensor:
         """Normalised maps ``(B, C, H, W)`` -> raw likelihood outputs ``(B, n_outputs)``."""
         return self.head(self.features(x))
 
     def features(self, x: Tensor) -> Tensor:
-        """Backbone features ``(B, F)``."""
+        """Backbone features ``(B, F)``; with ``view_average`` the mean over the map's 8 dihedral views."""
+        if self.view_average:
+            b = x.shape[0]
+            x = torch.cat([dihedral(x, k) for k in range(8)])  # (8B, C, H, W): view-major
         if self.channels_last and x.dim() == 4:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone(x)
+        h = self.backbone(x)
+        return h.reshape(8, b, -1).mean(0) if self.view_average else h
 
     @property
     def is_bayesian(self) -> bool:
@@ -158,11 +184,14 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
 
 #: Options of every architecture for a Bayesian head (absent in older checkpoints: a plain head).
 BAYES_DEFAULTS: dict[str, Any] = {"bayesian_head": False, "bayes_prior_std": 1.0, "bayes_init_std": 1e-3}
+#: options added after the first checkpoints were written: absent in a stored config means this value
+LATER_DEFAULTS: dict[str, Any] = {**BAYES_DEFAULTS, "view_average": False}
 
 
 def build_network(arch: str, in_channels: int, grid: int, n_outputs: int, init: str = "kaiming_normal",
                   channels_last: bool = False, init_out_scale: float = 0.1, bayesian_head: bool = False,
-                  bayes_prior_std: float = 1.0, bayes_init_std: float = 1e-3, **kwargs: Any) -> Network:
+                  bayes_prior_std: float = 1.0, bayes_init_std: float = 1e-3, view_average: bool = False,
+                  **kwargs: Any) -> Network:
     """Build ``arch`` (``cmd_cnn`` | ``resnet`` | ``ps_mlp``) for ``(B, in_channels, grid, grid)`` inputs.
 
     ``n_outputs``: raw outputs the likelihood needs (``likelihood.n_outputs``). ``kwargs``: the
@@ -177,7 +206,7 @@ def build_network(arch: str, in_channels: int, grid: int, n_outputs: int, init: 
         raise InputError(None, f"model.arch: unknown architecture {arch!r}; choose one of {', '.join(ARCH_DEFAULTS)}")
     unknown = sorted(set(kwargs) - set(ARCH_DEFAULTS[arch]))
     if unknown:
-        valid = ", ".join([*ARCH_DEFAULTS[arch], "init", "init_out_scale", "channels_last", *BAYES_DEFAULTS])
+        valid = ", ".join([*ARCH_DEFAULTS[arch], "init", "init_out_scale", "channels_last", *LATER_DEFAULTS])
         raise InputError(None, f"model: unknown option(s) {', '.join(unknown)} for arch {arch}; valid options: {valid}")
     if int(in_channels) < 1 or int(n_outputs) < 1:
         raise InputError(None, f"model: need in_channels >= 1 and n_outputs >= 1, got {in_channels}, {n_outputs}")
@@ -209,7 +238,10 @@ def build_network(arch: str, in_channels: int, grid: int, n_outputs: int, init: 
                "channels_last": bool(channels_last), "init_out_scale": float(init_out_scale), **o}
     if bayesian_head:
         hparams.update(bayesian_head=True, bayes_prior_std=float(bayes_prior_std), bayes_init_std=float(bayes_init_std))
-    return Network(backbone, head, arch=arch, hparams=hparams, channels_last=bool(channels_last))
+    if view_average:
+        hparams["view_average"] = True
+    return Network(backbone, head, arch=arch, hparams=hparams, channels_last=bool(channels_last),
+                   view_average=bool(view_average))
 
 
-__all__ = ["Network", "MLPHead", "build_network", "ARCH_DEFAULTS", "BAYES_DEFAULTS"]
+__all__ = ["Network", "MLPHead", "build_network", "ARCH_DEFAULTS", "BAYES_DEFAULTS", "LATER_DEFAULTS"]

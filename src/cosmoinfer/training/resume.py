@@ -21,7 +21,7 @@ import numpy as np
 
 from cosmoinfer.data.splits import SPLITS, load_split, split_by_simulation
 from cosmoinfer.errors import InputError
-from cosmoinfer.models.network import BAYES_DEFAULTS
+from cosmoinfer.models.network import LATER_DEFAULTS
 
 
 class _Unset:
@@ -109,13 +109,20 @@ def check_resume_config(cfg, configs: dict, dm, meta: dict, path: Path) -> None:
         if group in meta:
             stored = meta[group]
             if group == "model" and isinstance(current, dict) and isinstance(stored, dict):
-                # keys added later (the Bayesian head): absent in older runs means their default
-                current, stored = {**BAYES_DEFAULTS, **current}, {**BAYES_DEFAULTS, **stored}
+                # keys added later (the Bayesian head, view averaging): absent in older runs means their default
+                current, stored = {**LATER_DEFAULTS, **current}, {**LATER_DEFAULTS, **stored}
             found = first_difference(current, stored, group)
             if found:
                 raise _refuse(path, *found)
     if meta.get("seed") is not None and int(cfg.seed) != int(meta["seed"]):
         raise _refuse(path, "seed", int(cfg.seed), meta["seed"])
+    transfer = cfg.get("transfer") or {}
+    ckpt, stored = transfer.get("checkpoint"), meta.get("transfer") or {}
+    current_src = str(Path(ckpt).resolve()) if ckpt else None
+    if current_src != stored.get("checkpoint"):
+        raise _refuse(path, "transfer.checkpoint", current_src, stored.get("checkpoint"))
+    if ckpt and bool(transfer.get("freeze", True)) != bool(stored.get("freeze")):
+        raise _refuse(path, "transfer.freeze", bool(transfer.get("freeze", True)), stored.get("freeze"))
     data = meta.get("data") or {}
     for key, current, stored in (("data.fields", dm.fields, data.get("fields")),
                                  ("data.params", dm.param_names, data.get("param_names")),

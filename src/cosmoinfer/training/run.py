@@ -24,6 +24,7 @@ from cosmoinfer.training.config_checks import check_train_config
 from cosmoinfer.training.module import PosteriorModule
 from cosmoinfer.training.reproducibility import BatchSeed
 from cosmoinfer.training.resume import check_resume_config, check_resume_data
+from cosmoinfer.training.transfer import load_backbone
 
 log = logging.getLogger("cosmoinfer.train")
 
@@ -58,6 +59,9 @@ def build_module(cfg: DictConfig, dm: CMDDataModule) -> PosteriorModule:
                             torch.tensor(dm.normalizer.log))
     meta = {"version": 1, "model": model_cfg, "loss": loss_cfg, "data": dm.state(), "seed": int(cfg.seed),
             "optimizer": configs["optimizer"], "scheduler": configs["scheduler"]}
+    transfer = cfg.get("transfer") or {}
+    if transfer.get("checkpoint"):
+        meta["transfer"] = load_backbone(network, transfer["checkpoint"], dm, bool(transfer.get("freeze", True)))
     return PosteriorModule(network, likelihood, meta, configs["optimizer"], configs["scheduler"])
 
 

@@ -316,7 +316,8 @@ class Predictor:
         shared by every map and view of the pass.
         """
         net = self.models[member].network
-        views = [dihedral(x, k) for k in range(8)] if self.tta else [x]
+        # a view-averaged network (model.view_average) is invariant already: its 8 views would be one
+        views = [dihedral(x, k) for k in range(8)] if self.tta and not getattr(net, "view_average", False) else [x]
         dropout = bool(self.mc_samples) and _has_active_dropout(net)
         weights = bool(self.bnn_samples) and getattr(net, "is_bayesian", False)
         try:
