@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from scipy import stats
@@ -135,13 +133,11 @@ def test_exact_posterior_coverage(noise_std):
     assert np.all(np.abs(ratio - 1) < 0.3), ratio
 
 
-def test_exact_posterior_is_fast_for_a_thousand_maps():
+def test_exact_posterior_of_a_thousand_maps_resolves_each_posterior():
+    """The benchmark's size and grid (speed: ``make bench``, benchmarks/perf_exact.py)."""
     sim = GRFSimulator(grid=64)
     x = _maps(sim, (0.3, 0.8), 1005, seed=3)
-    t = time.perf_counter()
     post = exact_posterior(x, sim, PRIORS, n_grid=128)
-    elapsed = time.perf_counter() - t
     assert post["mean"].shape == (1005, 2)
-    assert elapsed < 30, elapsed
     # for a posterior well inside the box, the cell-centre grid resolves it (>= 3 cells per std)
     assert np.median(post["std"], axis=0).min() > 3 * 0.4 / 128

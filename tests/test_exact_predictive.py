@@ -9,8 +9,6 @@ HPD credibilities.
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 import pytest
 from scipy import stats
@@ -176,21 +174,18 @@ def test_noisy_maps_match_a_brute_force_grid():
         np.testing.assert_allclose(np.sqrt(np.diag(cov[k])), sd_ref, rtol=1e-3)
 
 
-def test_three_thousand_maps_in_well_under_a_minute(sim64):
+def test_three_thousand_maps_give_finite_statistics(sim64):
+    """At the benchmark's size (200 simulations x 15 maps) every statistic is finite and in range; how fast
+    is measured by ``make bench`` (benchmarks/perf_exact.py), not here."""
     rng = np.random.default_rng(2)
     theta = sample(PRIORS, 200, rng)
     maps = np.concatenate([sim64.simulate(t, rng) for t in theta])  # 200 simulations x 15 maps
     truth = np.repeat(theta, 15, axis=0)
-    ring_spectrum(sim64, PRIORS)  # the spline of the spectra (~1 s) is made once per simulator
-    t0 = time.perf_counter()
     q = exact_predictive(maps, sim64, PRIORS)
-    build = time.perf_counter() - t0
     mean, cov = q.moments()
     lp, pit, hpd = q.log_prob(truth), q.marginal_cdf(truth), q.hpd_credibility(truth)
-    total = time.perf_counter() - t0
     assert q.n == 3000 and np.all(np.isfinite(lp)) and np.all(np.isfinite(mean)) and np.all(np.isfinite(cov))
     assert np.all((pit >= 0) & (pit <= 1)) and np.all((hpd >= 0) & (hpd <= 1))
-    assert build < 20 and total < 50, (build, total)  # measured on 2 shared cores: ~3 s and ~8 s
 
 
 def test_methods_agree_with_each_other(case):

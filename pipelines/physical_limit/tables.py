@@ -23,6 +23,7 @@ HEADS_TARGETS = {"expected_kl": 0.05, "efficiency": 0.98, "hpd_coverage_error": 
 _HEADS_MODEL = {"diagonal": "diagonal Gaussian (grf_fisher)", "fullcov": "full covariance, β = 0.5",
                 "mdn": "MDN (3 full-covariance components)", "flow": "flow", "flow_ensemble": "flow ensemble (no TTA)",
                 "flow_on_diagonal": "flow on the diagonal network's frozen backbone",
+                "flow_views": "flow on the frozen backbone's view-averaged features",
                 "bnn": "BNN (mean-field head, diagonal Gaussian)",
                 "ps_flow": "flow on the power-spectrum backbone", "sbi_ps": "sbi NPE, spline flow on the power spectrum",
                 "sbi_cnn": "sbi NPE, spline flow on a CNN embedding"}
