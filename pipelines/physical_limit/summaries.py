@@ -176,8 +176,10 @@ def summarise_heads(out: Path, info: dict) -> dict:
         test = _read(pr / label / "predictions.h5")
         if test is None or "exact_mean" not in test.extra:
             continue
+        # the flow ensemble's members: flow, flow_1, flow_2 ... (not flow_on_diagonal, flow_views)
+        members = [k for k in trains if k == "flow" or k.startswith("flow_") and k[5:].isdigit()] \
+            if label == "flow_ensemble" else [k for k in trains if k == label]
         if label == "flow_ensemble":
-            members = [k for k in trains if k == "flow" or k.startswith("flow_")]
             minutes = sum(trains[k]["minutes"] or 0 for k in members) if members else None
         elif label.startswith("sbi_"):
             minutes = _sbi_minutes(pr / label)
@@ -193,8 +195,7 @@ def summarise_heads(out: Path, info: dict) -> dict:
         for nm in d:
             d[nm]["train_minutes"] = _minutes(minutes)
         d["joint"] = joint_figures(test, exact=True, metrics=metrics)
-        member_epochs = [trains[k]["epochs"] for k in trains if k == label or (label == "flow_ensemble" and (
-            k == "flow" or k.startswith("flow_") and k[5:].isdigit()))]
+        member_epochs = [trains[k]["epochs"] for k in members]
         d["run"] = {"date": info.get("date"), "epochs": max(member_epochs) if member_epochs and None not in
                     member_epochs else None}
         res[f"grf_heads_{label}"] = d

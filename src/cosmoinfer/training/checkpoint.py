@@ -72,6 +72,12 @@ def read_checkpoint(path) -> dict:
     return ckpt
 
 
+def load_error_detail(err: RuntimeError) -> str:
+    """The telling line of a ``load_state_dict`` error (line 0 is a header), at most 200 characters."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    return (lines[1] if len(lines) > 1 else (lines[0] if lines else type(err).__name__))[:200]
+
+
 def check_finite_weights(state: dict, path) -> None:
     """Refuse a state dict with a NaN or inf entry (a diverged run): its predictions would all be NaN."""
     for name, value in state.items():
@@ -106,10 +112,8 @@ def load_checkpoint(path) -> LoadedModel:
     try:
         network.load_state_dict(state)
     except RuntimeError as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(err).__name__)  # line 0: a header
         raise InputError(path, f"weights do not fit the model config stored in the checkpoint "
-                         f"({detail[:200]})") from None
+                         f"({load_error_detail(err)})") from None
     check_finite_weights(state, path)
     network.eval()
     return LoadedModel(Path(path), network, likelihood, meta, DataMeta.from_dict(meta["data"]))

@@ -21,11 +21,9 @@ import logging
 import math
 from pathlib import Path
 
-import torch
-
 from cosmoinfer.errors import InputError
 from cosmoinfer.models.network import Network
-from cosmoinfer.training.checkpoint import read_checkpoint
+from cosmoinfer.training.checkpoint import check_finite_weights, load_error_detail, read_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -74,15 +72,12 @@ def load_backbone(network: Network, path, dm, freeze: bool) -> dict:
     check_split(src_data, dm, path)
     prefix = "network.backbone."
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
+    check_finite_weights(state, path)
     try:
         network.backbone.load_state_dict(state)
     except RuntimeError as err:
-        lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-        detail = lines[1] if len(lines) > 1 else (lines[0] if lines else type(err).__name__)
         raise InputError(path, f"{KEY}: the backbone weights do not fit this run's model.* options "
-                               f"({detail[:200]})") from None
-    if not all(bool(torch.isfinite(v).all()) for v in state.values() if v.is_floating_point()):
-        raise InputError(path, f"{KEY}: the backbone weights hold NaN or inf")
+                               f"({load_error_detail(err)})") from None
     norm = src_data.get("normalizer") or {}
     ours = dm.normalizer
     for name in ("mean", "std"):
