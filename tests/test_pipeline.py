@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -215,3 +216,28 @@ def test_killing_the_pipeline_leaves_no_live_child(tmp_path):
     while time.time() < deadline and any(_alive(p) for p in children):
         time.sleep(0.5)
     assert [p for p in children if _alive(p)] == []
+
+
+def test_pipeline_head_trains_a_flow_on_each_members_frozen_backbone(tmp_path):
+    out = tmp_path / "qs"
+    # a list of overrides: each one quoted (Hydra's grammar), as on a shell command line
+    head = "pipeline.head=['loss=flow','model.view_average=true','callbacks=refit_head','callbacks.refit_head.epochs=2']"
+    args = ["cosmoinfer.cli.pipeline", "experiment=quickstart", f"out_dir={out}", "pipeline.simulate.n_sims=12",
+            "pipeline.members=2", "pipeline.methods=[single,ensemble]", "trainer.max_epochs=1", "model.hidden=4",
+            f"hydra.run.dir={tmp_path / 'h'}"]
+    r = run([*args, head], tmp_path)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-3000:]
+    assert "[pipeline] 10 of 10 stages run, 0 reused" in r.stdout, r.stdout
+    with h5py.File(out / "predictions" / "ensemble" / "test" / "predictions.h5") as f:
+        # the heads are evaluated, not the Gaussian members; each head sits on its own member's backbone
+        assert [Path(c).parts[-4:-2] for c in f.attrs["checkpoints"]] == [("heads", "0"), ("heads", "1")]
+        assert f["predictive"].attrs["kind"] in ("samples", "mixture_samples") and "samples" in f["predictive"]
+        run_info = json.loads(f.attrs["run"])
+    assert run_info["loss"]["name"] == "flow"
+    assert Path(run_info["transfer"]["checkpoint"]).parts[-4:-2] == ("members", "0")
+    # another head: the members are reused, the heads and everything after them redone
+    r = run([*args, head.replace("epochs=2", "epochs=3")], tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    lines = _stage_lines(r.stdout)
+    assert lines["train member 0"].startswith("reused") and lines["train member 1"].startswith("reused"), r.stdout
+    assert lines["train head 1"].startswith("ran in") and lines["report"].startswith("ran in"), r.stdout

@@ -7,6 +7,8 @@ into one output folder::
     out_dir/
       data/                       simulated CMD-layout files + manifest   (skipped for real CMD data)
       members/{0..M-1}/           one training run each: checkpoints/, metrics.csv, split.json
+      heads/{0..M-1}/             with pipeline.head: a new head on member i's frozen backbone (evaluated
+                                  in place of the members)
       predictions/{method}/{split}/predictions.h5
       report/                     report.html, metrics.json, figures/
       logs/                       one log per stage
@@ -79,7 +81,17 @@ def build_stages(cfg: DictConfig, task_overrides=()) -> list[Stage]:
                 *train_over, *data_args]
         members.append(stage(f"train member {i}", "train", "train", args, folder, upstream, resumable=True))
     stages.extend(members)
-    ckpts = [str(m.folder / "checkpoints" / "best.ckpt") for m in members]
+    # 2b. optionally a new head on each member's frozen backbone (pipeline.head: its training overrides)
+    heads = []
+    for i, m in enumerate(members if p.get("head") else ()):
+        folder = out / "heads" / str(i)
+        args = [f"seed={i}", f"out_dir={folder}", "resume=true", f"hydra.run.dir={hydra_dir}/train_head_{i}",
+                *train_over, *data_args, f"transfer.checkpoint={m.folder / 'checkpoints' / 'best.ckpt'}",
+                *[str(o) for o in p.head]]
+        heads.append(stage(f"train head {i}", "train", "train", args, folder, [m], resumable=True))
+    stages.extend(heads)
+    nets = heads or members
+    ckpts = [str(m.folder / "checkpoints" / "best.ckpt") for m in nets]
 
     # 3. evaluate every method on val (for recalibration) and test
     evals = {}
@@ -94,7 +106,7 @@ def build_stages(cfg: DictConfig, task_overrides=()) -> list[Stage]:
             if p.get("tta"):
                 args.append("tta=true")
             evals[(method, split)] = stage(f"evaluate {method} {split}", "evaluate", "evaluate", args, folder,
-                                           members[:n_use])
+                                           nets[:n_use])
     stages.extend(evals.values())
 
     # 4. report
