@@ -96,9 +96,12 @@ def test_every_scale_builds_a_consistent_task_graph(tmp_path, scale):
     assert all(d.name in names for t in tasks for d in t.inputs)
     cross = [t for t in tasks if t.name.startswith("cross evaluate")]
     assert cross and all("split=all" in t.args and "data.suite=SynthSIMBA" in t.args for t in cross)
-    # every CNN is evaluated with test-time augmentation (member 0 also without), no baseline is
+    # every CNN is evaluated with test-time augmentation (member 0 also without), no baseline is, nor a
+    # view-averaged head (invariant already)
     evals = [t for t in tasks if " evaluate " in t.name]
-    cnn = [t for t in evals if " cnn" in t.name and "no_tta" not in t.name]
+    view_avg = {t.folder.name[:-len("_head")] for t in tasks if t.name.endswith(" head")
+                and "model.view_average=true" in t.args}
+    cnn = [t for t in evals if " cnn" in t.name and "no_tta" not in t.name and t.name.split()[2] not in view_avg]
     assert cnn and all("tta=true" in t.args for t in cnn)
     assert all("tta=true" not in t.args for t in evals if " ps" in t.name or "no_tta" in t.name)
     assert any("no_tta" in t.name for t in evals)
@@ -314,6 +317,23 @@ def test_heads_part_trains_every_head_under_one_budget_and_evaluates_each_predic
     # a different budget is a different stage (fingerprint), for the sbi peers too
     other = dict(sc, heads=dict(h, budget="00:00:09:00"))
     assert pl.heads_tasks(tmp_path, other)[-len(evals) - 1].fingerprint != tasks[-len(evals) - 1].fingerprint
+
+
+def test_camels_models_are_evaluated_as_their_presets_pipeline_evaluates_them(tmp_path):
+    """A preset with ``pipeline.head`` (camels_like_mtot) gets a head stage on its CNN's frozen backbone, which
+    every evaluation of that CNN reads (in-suite and cross-suite, without TTA: the head averages the views);
+    a preset without one (camels_like_multifield) is evaluated as trained, with TTA."""
+    sc = pl.scale_config("full")
+    head = pl.tasks.preset_head("camels_like_mtot")
+    assert "model.view_average=true" in head and pl.tasks.preset_head("camels_like_multifield") == []
+    tasks = {t.name: t for t in pl.all_tasks(tmp_path, sc, ["camels", "cross"])}
+    cnn, stage = tasks["camels train mtot_cnn"], tasks["camels train mtot_cnn head"]
+    assert cnn in stage.inputs and f"transfer.checkpoint={cnn.folder / 'checkpoints' / 'best.ckpt'}" in stage.args
+    assert stage.args[-len(head) - 1:-1] == head  # the preset's overrides, after the model's own
+    for name in ("camels evaluate mtot_cnn test", "camels evaluate mtot_cnn calib", "cross evaluate mtot_cnn SynthSIMBA"):
+        assert tasks[name].inputs[0] is stage and "tta=true" not in tasks[name].args, name
+    assert "camels train multifield_cnn head" not in tasks and "camels train mtot_ps head" not in tasks
+    assert "tta=true" in tasks["camels evaluate multifield_cnn test"].args
 
 
 def test_a_head_on_another_heads_backbone_reads_its_checkpoint_and_runs_after_it(tmp_path):

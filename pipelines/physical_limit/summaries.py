@@ -263,12 +263,21 @@ def _cnn_vs_ps(cnn, ps, cnn_train, ps_train) -> dict:
     return out
 
 
+def _with_head(models: Path, name: str) -> dict:
+    """``train_info`` of a camels network, its preset's second-stage head's minutes added where it has one."""
+    base, head = train_info(models / name), models / f"{name}_head"
+    if head.is_dir():
+        extra = train_info(head)["minutes"]
+        base["minutes"] = None if base["minutes"] is None or extra is None else base["minutes"] + extra
+    return base
+
+
 def summarise_camels(out: Path, info: dict) -> dict:
     root = out / "camels"
     res = {}
     pr, md = root / "predictions", root / "models"
     for exp, stem in (("camels_like_mtot", "mtot"), ("camels_like_multifield", "multifield")):
-        d = _cnn_vs_ps(_pair(pr, f"{stem}_cnn"), _pair(pr, f"{stem}_ps"), train_info(md / f"{stem}_cnn"),
+        d = _cnn_vs_ps(_pair(pr, f"{stem}_cnn"), _pair(pr, f"{stem}_ps"), _with_head(md, f"{stem}_cnn"),
                        train_info(md / f"{stem}_ps"))
         if d:
             res[exp] = d

@@ -267,6 +267,12 @@ def camels_tasks(out: Path, sc: dict, cross_only: bool = False) -> list[Stage]:
     for name, (exp, over) in models.items():
         train = train_task(f"camels train {name}", root / "models" / name, out, exp, sim, 0, over)
         tasks.append(train)
+        head = preset_head(exp) if name.endswith("cnn") else []
+        tta = [] if "model.view_average=true" in head else _tta(name)  # a view-averaged network is invariant
+        if head:  # the preset's second stage (pipeline.head): a new head on the frozen backbone, evaluated instead
+            train = train_task(f"camels train {name} head", root / "models" / f"{name}_head", out, exp, sim, 0,
+                               [*over, f"transfer.checkpoint={_ckpt(train)}", *head], after=[train])
+            tasks.append(train)
         for split_name in ("test", "calib") if fresh else ("val", "test"):
             if split_name in fresh:
                 extra, data = [f"data.root={fresh[split_name].folder}", "data.suite=SynthTNG"], [fresh[split_name]]
@@ -274,8 +280,14 @@ def camels_tasks(out: Path, sc: dict, cross_only: bool = False) -> list[Stage]:
             else:
                 extra, data, split = [], [], split_name
             tasks.append(eval_task(f"camels evaluate {name} {split_name}", root / "predictions" / name / split_name,
-                                   out, [train], split, [*extra, *_tta(name)], data=data))
+                                   out, [train], split, [*extra, *tta], data=data))
     return tasks
+
+
+def preset_head(experiment: str) -> list[str]:
+    """The ``pipeline.head`` overrides of ``conf/experiment/<experiment>.yaml`` ([] if none): what its pipeline evaluates."""
+    cfg = compose_stage_config("pipeline", [f"experiment={experiment}", "out_dir=x"], REPO)
+    return [str(o) for o in (cfg["pipeline"].get("head") or [])]
 
 
 def cross_tasks(out: Path, sc: dict) -> list[Stage]:
@@ -286,8 +298,9 @@ def cross_tasks(out: Path, sc: dict) -> list[Stage]:
     tasks = camels_tasks(out, sc, cross_only=True)
     sim, trains = tasks[0], {t.name: t for t in tasks}
     for name in CROSS_MODELS:
-        train = trains[f"camels train {name}"]
-        foreign = [f"data.root={sim.folder}", "data.suite=SynthSIMBA", *_tta(name)]
+        train = trains.get(f"camels train {name} head") or trains[f"camels train {name}"]
+        tta = [] if train.name.endswith(" head") and "model.view_average=true" in train.args else _tta(name)
+        foreign = [f"data.root={sim.folder}", "data.suite=SynthSIMBA", *tta]
         tasks.append(eval_task(f"cross evaluate {name} SynthSIMBA", out / "cross" / "predictions" / name, out,
                                [train], "all", foreign, data=[sim]))
     return tasks
