@@ -114,9 +114,10 @@ def eval_task(name: str, folder: Path, out: Path, models: list[Stage], split: st
     return _stage(name, "evaluate", args, folder, out, [*models, *data])
 
 
-def _tta(model_name: str) -> list[str]:
-    """Test-time augmentation for the CNNs; none for the power-spectrum baselines (already invariant)."""
-    return TTA if model_name.endswith("cnn") else []
+def _tta(model_name: str, overrides=()) -> list[str]:
+    """Test-time augmentation for the CNNs; none for the power-spectrum baselines, nor for a network trained
+    with ``overrides`` that average its features over the views (both invariant already)."""
+    return TTA if model_name.endswith("cnn") and "model.view_average=true" not in overrides else []
 
 
 def _ckpt(member: Stage) -> str:
@@ -268,7 +269,7 @@ def camels_tasks(out: Path, sc: dict, cross_only: bool = False) -> list[Stage]:
         train = train_task(f"camels train {name}", root / "models" / name, out, exp, sim, 0, over)
         tasks.append(train)
         head = preset_head(exp) if name.endswith("cnn") else []
-        tta = [] if "model.view_average=true" in head else _tta(name)  # a view-averaged network is invariant
+        tta = _tta(name, head)
         if head:  # the preset's second stage (pipeline.head): a new head on the frozen backbone, evaluated instead
             train = train_task(f"camels train {name} head", root / "models" / f"{name}_head", out, exp, sim, 0,
                                [*over, f"transfer.checkpoint={_ckpt(train)}", *head], after=[train])
@@ -299,7 +300,7 @@ def cross_tasks(out: Path, sc: dict) -> list[Stage]:
     sim, trains = tasks[0], {t.name: t for t in tasks}
     for name in CROSS_MODELS:
         train = trains.get(f"camels train {name} head") or trains[f"camels train {name}"]
-        tta = [] if train.name.endswith(" head") and "model.view_average=true" in train.args else _tta(name)
+        tta = _tta(name, train.args)
         foreign = [f"data.root={sim.folder}", "data.suite=SynthSIMBA", *tta]
         tasks.append(eval_task(f"cross evaluate {name} SynthSIMBA", out / "cross" / "predictions" / name, out,
                                [train], "all", foreign, data=[sim]))
