@@ -101,6 +101,7 @@ class MSE(DiagonalGaussian):
 
     name = "mse"
     has_width = False
+    scalable = False
 
     def _n_outputs(self) -> int:
         return self.n_params
@@ -181,6 +182,7 @@ class GaussianFullCov(Likelihood):
 
     name = "gaussian_fullcov"
     has_cov = True
+    scalable = True
 
     def __init__(self, n_params: int, min_std: float = 1e-3, beta: float = 0.0):
         if not min_std > 0:
@@ -195,10 +197,12 @@ class GaussianFullCov(Likelihood):
         return self.n_params + n_tril(self.n_params)
 
     def mean_tril(self, raw: Tensor) -> tuple[Tensor, Tensor]:
-        """``mu (B,P)`` and Cholesky factor ``L (B,P,P)``."""
+        """``mu (B,P)`` and Cholesky factor ``L (B,P,P)`` (``D L`` under a width scale ``D = diag(s)``)."""
         check_raw(raw, self.n_outputs, self.name)
         p = self.n_params
-        return raw[:, :p], cholesky_from_flat(raw[:, p:], p, self.min_std)
+        L = cholesky_from_flat(raw[:, p:], p, self.min_std)
+        s = self._scale(L)
+        return raw[:, :p], (L if s is None else s[:, None] * L)
 
     def _nll(self, raw: Tensor, y: Tensor) -> Tensor:
         mu, L = self.mean_tril(raw)

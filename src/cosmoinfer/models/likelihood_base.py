@@ -90,6 +90,7 @@ class Likelihood(nn.Module):
 
     name: str = "likelihood"
     has_width: bool = True
+    scalable: bool = False   # set_width_scale applies (Gaussian heads with widths of their own)
     has_cov: bool = False
     task: str = "regression"
 
@@ -99,6 +100,8 @@ class Likelihood(nn.Module):
             raise InputError(None, f"loss: n_params must be >= 1, got {n_params}")
         self.n_params = int(n_params)
         self.n_outputs = self._n_outputs()
+        #: ``(P,)`` factors on the predicted widths, or None (see :meth:`set_width_scale`)
+        self.width_scale: Tensor | None = None
 
     # subclasses implement these (raw and y already in float32/float64, autocast off) ---------
     def _n_outputs(self) -> int:
@@ -145,6 +148,29 @@ class Likelihood(nn.Module):
     def forward(self, raw: Tensor, y: Tensor) -> Tensor:
         return self.loss(raw, y)
 
+    def set_width_scale(self, scale) -> None:
+        """Multiply every predicted width of parameter ``p`` by ``scale[p]`` (``(P,)``, > 0; None: off).
+
+        A Gaussian's standard deviations become ``s * sigma`` (a full covariance ``D C D`` with
+        ``D = diag(s)``, its Cholesky factor ``D L``) in :meth:`nll`, :meth:`predict` and
+        :meth:`sample`; the means are unchanged. It is the per-parameter width scale fitted on
+        validation maps after training (``callbacks.refit_widths.val_scale``) and stored in the
+        checkpoint (``meta["width_scale"]``). Gaussian heads with widths of their own only.
+        """
+        if scale is None:
+            self.width_scale = None
+            return
+        if not self.scalable:
+            raise InputError(None, f"loss={self.name}: its widths cannot be scaled per parameter (Gaussian heads only)")
+        s = torch.as_tensor(scale, dtype=torch.float64).reshape(-1)
+        if s.shape != (self.n_params,) or not bool(torch.all(torch.isfinite(s) & (s > 0))):
+            raise InputError(None, f"width_scale must be {self.n_params} finite numbers > 0, got {s.tolist()}")
+        self.width_scale = s
+
+    def _scale(self, like: Tensor) -> Tensor | None:
+        """The width scale as ``like``'s dtype and device, or None."""
+        return None if self.width_scale is None else self.width_scale.to(like)
+
     def _prep_xy(self, raw: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         if y.shape != (raw.shape[0], self.n_params):
             raise ValueError(f"{self.name}: expected targets of shape (B, {self.n_params}) = "
@@ -155,22 +181,40 @@ class Likelihood(nn.Module):
         return f"n_params={self.n_params}, n_outputs={self.n_outputs}"
 
 
+def average_gaussian_views(means: Tensor, covs: Tensor) -> tuple[Tensor, Tensor]:
+    """Test-time augmentation of a Gaussian head: ``means (V,B,P)`` and ``covs (V,B,P,P)`` of the
+    ``V`` views of each map averaged into one Gaussian, ``loc (B,P)`` and ``cov (B,P,P)``.
+
+    The covariance is the views' average, not a mixture's (the spread of the views' means is left
+    out: the views are copies of one map, and their average is the better estimate; CMD's TTA).
+    """
+    return means.mean(0), covs.mean(0)
+
+
 class DiagonalGaussian(Likelihood):
     """Shared code for heads whose prediction is an independent Gaussian per parameter."""
+
+    scalable = True
 
     def _mean_std(self, raw: Tensor) -> tuple[Tensor, Tensor]:
         raise NotImplementedError
 
-    def _nll(self, raw: Tensor, y: Tensor) -> Tensor:
+    def _scaled_mean_std(self, raw: Tensor) -> tuple[Tensor, Tensor]:
+        """``_mean_std`` with the width scale applied (:meth:`Likelihood.set_width_scale`)."""
         mu, sigma = self._mean_std(raw)
+        s = self._scale(sigma)
+        return (mu, sigma) if s is None else (mu, sigma * s)
+
+    def _nll(self, raw: Tensor, y: Tensor) -> Tensor:
+        mu, sigma = self._scaled_mean_std(raw)
         z = (y - mu) / sigma
         return (0.5 * z * z + torch.log(sigma) + 0.5 * LOG_2PI).sum(-1)
 
     def _predict(self, raw: Tensor) -> dict[str, Tensor]:
-        mu, sigma = self._mean_std(raw)
+        mu, sigma = self._scaled_mean_std(raw)
         return {"mean": mu, "var": sigma * sigma, "std": sigma}
 
     def _sample(self, raw: Tensor, n: int, generator: torch.Generator | None = None) -> Tensor:
-        mu, sigma = self._mean_std(raw)
+        mu, sigma = self._scaled_mean_std(raw)
         z = standard_normal((n, *mu.shape), mu, generator)
         return mu + sigma * z

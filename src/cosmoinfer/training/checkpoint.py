@@ -92,6 +92,7 @@ def build_from_meta(meta: dict) -> tuple[Network, Likelihood]:
     """Rebuild the untrained network and likelihood described by checkpoint metadata."""
     data = DataMeta.from_dict(meta["data"])
     likelihood = build_likelihood(n_params=len(data.param_names), **meta["loss"])
+    likelihood.set_width_scale(meta.get("width_scale"))  # fitted on validation maps (callbacks.refit_widths)
     network = build_network(in_channels=len(data.fields), grid=int(data.grid), n_outputs=likelihood.n_outputs,
                             **meta["model"])
     norm = data.normalizer

@@ -82,6 +82,7 @@ from cosmoinfer.data.priors import Prior, from_unit
 from cosmoinfer.data.transforms import dihedral
 from cosmoinfer.data.validate import check_maps
 from cosmoinfer.errors import InputError
+from cosmoinfer.models.likelihood_base import average_gaussian_views
 from cosmoinfer.posterior.bijection import Bijection
 from cosmoinfer.posterior.flow import FlowPredictive, component_moments
 from cosmoinfer.posterior.member_moments import mixture_moments
@@ -237,8 +238,8 @@ def _combine_views(lik, comps: list) -> tuple[torch.Tensor, torch.Tensor, torch.
     if hasattr(lik, "components"):
         return (torch.cat([c[0] for c in comps], dim=1) - math.log(v), torch.cat([c[1] for c in comps], dim=1),
                 torch.cat([c[2] for c in comps], dim=1))
-    loc = torch.stack([c[1] for c in comps]).mean(0)
-    cov = torch.stack([c[2] @ c[2].transpose(-1, -2) for c in comps]).mean(0)
+    loc, cov = average_gaussian_views(torch.stack([c[1] for c in comps]),
+                                      torch.stack([c[2] @ c[2].transpose(-1, -2) for c in comps]))
     return comps[0][0], loc, torch.linalg.cholesky(0.5 * (cov + cov.transpose(-1, -2)))
 
 
