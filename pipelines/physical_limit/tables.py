@@ -24,6 +24,8 @@ _HEADS_MODEL = {"diagonal": "diagonal Gaussian (grf_fisher)", "fullcov": "full c
                 "mdn": "MDN (3 full-covariance components)", "flow": "flow", "flow_ensemble": "flow ensemble (no TTA)",
                 "flow_on_diagonal": "flow on the diagonal network's frozen backbone",
                 "flow_views": "flow on the frozen backbone's view-averaged features",
+                "diagonal_12min": "diagonal Gaussian, 12-minute budget",
+                "flow_views_12min": "flow on the view-averaged features of the 12-minute backbone",
                 "diagonal_20min": "diagonal Gaussian, 20-minute budget",
                 "flow_views_20min": "flow on the view-averaged features of the 20-minute backbone",
                 "bnn": "BNN (mean-field head, diagonal Gaussian)",
