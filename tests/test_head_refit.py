@@ -5,14 +5,19 @@ from __future__ import annotations
 import math
 import warnings
 
+import numpy as np
+import pytest
 import torch
 from torch import nn
 
+from cosmoinfer.errors import InputError
 from cosmoinfer.models.likelihoods import build_likelihood
 from cosmoinfer.models.network import MLPHead
 from cosmoinfer.models.power_spectrum_net import RunningStandardize
+from cosmoinfer.training.checkpoint import load_checkpoint
 from cosmoinfer.training.head_refit import fit_head, mean_nll
-from cosmoinfer.training.run import train
+from cosmoinfer.training.run import build_datamodule, train
+from cosmoinfer.uncertainty.predictor import Predictor
 
 from .test_training import cfg_for, data32  # noqa: F401  (the module-scoped data fixture)
 
@@ -101,3 +106,31 @@ def test_running_standardize_never_uses_a_batch_s_own_statistics():
     bn.load_state_dict(rs.state_dict())
     bn.eval()
     assert torch.equal(rs(x[:50]), bn(x[:50]))
+
+
+def test_refit_head_val_scale_makes_the_full_covariance_head_s_val_z2_one(data32, tmp_path):  # noqa: F811
+    """A full-covariance head on view-averaged features (the camels_like_mtot recipe), refitted, then
+    scaled on the validation maps: the checkpoint carries the scale, and the evaluator's predictive of
+    the validation maps, built from it, has mean z^2 = 1 per parameter (marginal widths of D C D)."""
+    torch.set_num_threads(1)
+    out = tmp_path / "fc"
+    train(cfg_for(data32, out, "loss=gaussian_fullcov", "model.view_average=true", "callbacks=refit_head",
+                  "callbacks.refit_head.epochs=3", "callbacks.refit_head.val_scale=true"))
+    ck = out / "checkpoints" / "best.ckpt"
+    meta = torch.load(ck, weights_only=True)["cosmoinfer"]
+    info = meta["head_refit"]["val_scale"]
+    assert info["n_maps"] == 4 * 15 and meta["width_scale"] == info["scale"] and len(info["scale"]) == 2
+    model = load_checkpoint(ck)
+    assert model.likelihood.width_scale.tolist() == pytest.approx(meta["width_scale"])
+    dm = build_datamodule(cfg_for(data32, tmp_path / "x"), None)
+    dm.setup("fit")
+    post = Predictor([model], tta=True).predict_batches(dm.split_dataloader("val"))
+    np.testing.assert_allclose(np.mean(((post.truth - post.mean) / post.std) ** 2, axis=0), 1.0, rtol=1e-4)
+    # without the scale the same predictive is not at z^2 = 1 (the fitted factors are not all 1)
+    assert not np.allclose(info["scale"], 1.0, rtol=1e-3)
+
+
+def test_refit_head_val_scale_refuses_a_head_without_widths(data32, tmp_path):  # noqa: F811
+    with pytest.raises(InputError, match="callbacks.refit_head.val_scale.*loss=flow"):
+        train(cfg_for(data32, tmp_path / "f", "loss=flow", "callbacks=refit_head", "callbacks.refit_head.val_scale=true"))
+    assert not (tmp_path / "f" / "checkpoints" / "best.ckpt").exists()

@@ -225,6 +225,7 @@ def test_joint_figures_of_the_exact_posterior_and_of_a_wider_one(tmp_path):
                                  predictive=q)
         out[name] = pl.joint_figures(read_predictions(path), "baseline_" if name == "wide" else "",
                                      exact=True)
+        out[name + "_pred"] = read_predictions(path)
     ex, wide = out["exact"], out["wide"]
     assert abs(ex["expected_kl"]) < 1e-6 and ex["expected_kl_lo"] <= 1e-9 and ex["expected_kl_hi"] >= -1e-9
     assert abs(ex["nll"] - ex["exact_nll"]) < 1e-6
@@ -232,6 +233,14 @@ def test_joint_figures_of_the_exact_posterior_and_of_a_wider_one(tmp_path):
     assert wide["baseline_expected_kl_lo"] < kl < wide["baseline_expected_kl_hi"]
     assert abs(wide["baseline_nll"] - wide["exact_nll"] - wide["baseline_expected_kl"]) < 1e-4
     assert ex["hpd_coverage_error"] < 0.1 and wide["baseline_hpd_coverage_error"] > ex["hpd_coverage_error"]
+    # the paired difference: KL(wide) - KL(exact) is the analytic KL, positive the other way round's negative,
+    # its interval tighter than the two KL intervals side by side; predictions of other maps: no figure
+    gain = pl.kl_gain(out["exact_pred"], out["wide_pred"])
+    assert gain["lo"] < kl < gain["hi"] and abs(gain["value"] - wide["baseline_expected_kl"]) < 1e-6
+    back = pl.kl_gain(out["wide_pred"], out["exact_pred"])
+    assert abs(back["value"] + gain["value"]) < 1e-9 and back["hi"] < 0
+    assert gain["hi"] - gain["lo"] <= wide["baseline_expected_kl_hi"] - wide["baseline_expected_kl_lo"] + 1e-9
+    assert pl.kl_gain(out["exact_pred"].subset(np.arange(per, n_sims * per)), out["wide_pred"]) is None
 
 
 

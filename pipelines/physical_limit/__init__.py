@@ -82,6 +82,7 @@ from pipelines.physical_limit.figures import (
     interval_figures,
     isotonic_error_interval,
     joint_figures,
+    kl_gain,
 )
 from pipelines.physical_limit.scales import REPO, SCALES, scale_config
 from pipelines.physical_limit.summaries import (
@@ -135,7 +136,7 @@ __all__ = [
     "SCALES", "SECTION", "TARGETS", "TTA", "all_tasks", "bootstrap_gain", "calibration_figures",
     "camels_tasks", "cnn_ps_table", "cross_report", "cross_table", "cross_tasks", "done_seconds", "eval_task",
     "exact_figures", "exact_reference", "grf_joint_table", "grf_table", "grf_tasks", "interval_figures", "heads_table", "heads_tasks", "summarise_heads",
-    "isotonic_error_interval", "joint_figures",
+    "isotonic_error_interval", "joint_figures", "kl_gain",
     "multifield_table", "old_notes", "ps_overrides", "render_section", "scale_config", "simulate_task",
     "summarise_camels", "summarise_cross", "summarise_grf", "summarise_sweep", "sweep_table", "sweep_tasks",
     "train_info", "train_task", "update_results_md", "write_json",

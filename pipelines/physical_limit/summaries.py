@@ -26,6 +26,7 @@ from pipelines.physical_limit.figures import (
     exact_reference,
     interval_figures,
     joint_figures,
+    kl_gain,
     predictive_coverage_errors,
 )
 from pipelines.physical_limit.tasks import CROSS, HEADS_ORDER, MULTI_FIELDS
@@ -167,7 +168,7 @@ def summarise_heads(out: Path, info: dict) -> dict:
 
     root = out / "heads"
     pr, md = root / "predictions", root / "models"
-    res, trains = {}, {}
+    res, trains, tests = {}, {}, {}
     for m in sorted(md.glob("*")) if md.is_dir() else []:
         trains[m.name] = train_info(m)
     labels = sorted((p.name for p in pr.glob("*")), key=lambda k: (HEADS_ORDER.index(k) if k in HEADS_ORDER
@@ -176,6 +177,7 @@ def summarise_heads(out: Path, info: dict) -> dict:
         test = _read(pr / label / "predictions.h5")
         if test is None or "exact_mean" not in test.extra:
             continue
+        tests[label] = test
         # the flow ensemble's members: flow, flow_1, flow_2 ... (not flow_on_diagonal, flow_views)
         members = [k for k in trains if k == "flow" or k.startswith("flow_") and k[5:].isdigit()] \
             if label == "flow_ensemble" else [k for k in trains if k == label]
@@ -203,6 +205,12 @@ def summarise_heads(out: Path, info: dict) -> dict:
         info["heads"].setdefault("kind", {})[label] = test.predictive.kind
         if "grf_heads_oracle_gaussian" not in res and "exact_cov" in test.extra:
             res["grf_heads_oracle_gaussian"] = {"joint": oracle_gaussian_kl(test)}
+    # each head against sbi's NPE on the power spectrum, scored in the same run: the paired KL difference
+    ref = tests.get("sbi_ps")
+    for label, test in tests.items():
+        gain = kl_gain(test, ref) if ref is not None and label != "sbi_ps" else None
+        if gain is not None:
+            res[f"grf_heads_{label}"]["joint"]["kl_gain_over_sbi_ps"] = gain
     if trains:
         info.setdefault("heads", {})["train"] = trains
     return res

@@ -186,6 +186,21 @@ def heads_table(results: dict) -> list[str]:
     return rows
 
 
+def heads_kl_gains(results: dict) -> list[str]:
+    """A sentence on each head's paired expected-KL difference from sbi's NPE on the power spectrum, if scored."""
+    parts = []
+    for label in HEADS_ORDER:
+        g = ((results.get(f"grf_heads_{label}") or {}).get("joint") or {}).get("kl_gain_over_sbi_ps")
+        if g and g.get("value") is not None:
+            ci = "" if g.get("lo") is None or g.get("hi") is None else f" [{_f(g['lo'])}, {_f(g['hi'])}]"
+            parts.append(f"{_HEADS_MODEL.get(label, label)} {_f(g['value'])}{ci}")
+    if not parts:
+        return []
+    return ["Paired with sbi's NPE on the power spectrum scored in the same run (same test maps, the same "
+            "simulation bootstrap draws for both): KL(sbi) − KL(head) in nats, positive where the head is "
+            "closer to the exact posterior: " + "; ".join(parts) + ".", ""]
+
+
 def _with_ci(d: dict, key: str, digits: int = 3) -> str:
     """``0.0321 [0.0290, 0.0355]``: a figure and its simulation-bootstrap interval (``key_lo`` / ``_hi``)."""
     lo, hi = d.get(key + "_lo"), d.get(key + "_hi")
@@ -355,7 +370,7 @@ def render_section(results: dict, info: dict, notes: str) -> str:
               "(for a head on another network's frozen backbone, that network's minutes included); epochs and "
               "the run's date where recorded: the budget buys more epochs on a faster or idler machine, so "
               "compare rows of one run.",
-              ""] + h + [""]
+              ""] + h + [""] + heads_kl_gains(results)
     c = cnn_ps_table(results, ["camels_like_mtot", "camels_like_multifield"] +
                      [f"camels_like_single_{f}" for f in MULTI_FIELDS])
     if len(c) > 2:

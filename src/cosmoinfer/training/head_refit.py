@@ -18,6 +18,15 @@ learning rate falling from ``lr`` to 0 on a cosine, in train mode (head dropout,
 as in training). The refitted head is kept only if it lowers the unweighted validation NLL
 (``val/nll``); otherwise the trained head stays. The backbone does not change.
 
+With ``val_scale`` (Gaussian heads only) one width factor per parameter is then fitted on the
+validation maps, as ``callbacks.refit_widths.val_scale`` does
+(:func:`~cosmoinfer.training.width_refit.fit_val_scale`: the NLL-optimal variance scaling of the
+predictive the evaluator forms, the 8 views averaged with ``val_scale_tta`` unless the network
+averages its features over them itself, ``model.view_average``), and stored as
+``meta["width_scale"]`` (full covariance: ``D C D``). A head refitted on the training maps' features
+can come out too narrow on new maps, and this is the held-out fit with one degree of freedom per
+parameter that corrects it.
+
 Not for a variational (Bayesian) head: its ELBO is not the likelihood's loss; such a network is
 left as trained, with a warning, and ``meta["head_refit"]`` says why.
 """
@@ -35,7 +44,9 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
+from cosmoinfer.errors import InputError
 from cosmoinfer.training.checkpoint import read_checkpoint
+from cosmoinfer.training.width_refit import fit_val_scale
 
 log = logging.getLogger(__name__)
 
@@ -120,7 +131,7 @@ class RefitHead(pl.Callback):
     """
 
     def __init__(self, epochs: int = 10, lr: float = 1e-3, batch_size: int = 256, max_maps: int = 50_000,
-                 seed: int = 0):
+                 seed: int = 0, val_scale: bool = False, val_scale_tta: bool = True):
         for key, v in (("epochs", epochs), ("batch_size", batch_size), ("max_maps", max_maps)):
             if int(v) < 1:
                 raise ValueError(f"RefitHead: {key} must be >= 1, got {v}")
@@ -128,11 +139,15 @@ class RefitHead(pl.Callback):
             raise ValueError(f"RefitHead: lr must be > 0, got {lr}")
         self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
         self.max_maps, self.seed = int(max_maps), int(seed)
+        self.val_scale, self.val_scale_tta = bool(val_scale), bool(val_scale_tta)
         self.skipped: str | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
             return
+        if self.val_scale and not getattr(pl_module.likelihood, "scalable", False):
+            raise InputError("callbacks.refit_head.val_scale", f"loss={pl_module.likelihood.name} has no width "
+                             "scale (Gaussian heads only: gaussian_nll, beta_nll, gaussian_fullcov)")
         if getattr(pl_module.network, "is_bayesian", False):
             self.skipped = "a variational (Bayesian) head is trained on the ELBO, not refitted on the likelihood"
             log.warning("callbacks.refit_head: %s; the head is left as trained", self.skipped)
@@ -174,6 +189,14 @@ class RefitHead(pl.Callback):
                                             seed=self.seed)
         log.info("RefitHead: val NLL per map %.4f -> %.4f (%s) on %d training maps in eval mode", before, after,
                  "kept" if kept else "not kept", result["n_maps"])
+        if self.val_scale and val is not None and len(val):  # every rank fits the same maps: the ranks agree
+            loader = DataLoader(val, batch_size=int(dm.eval_batch_size), shuffle=False, num_workers=0)
+            scaled = fit_val_scale(net, lik, loader, self.val_scale_tta)
+            pl_module.meta["width_scale"] = scaled["scale"]
+            pl_module.meta["head_refit"]["val_scale"] = scaled
+            log.info("RefitHead: width scale per parameter on %d validation maps%s: %s", scaled["n_maps"],
+                     " (8 views averaged)" if scaled["tta"] and not getattr(net, "view_average", False) else "",
+                     ", ".join(f"{v:.3f}" for v in scaled["scale"]))
         if trainer.logger is not None and trainer.is_global_zero:
             trainer.logger.log_metrics({f"refit/head_{k}": float(v) for k, v in result.items()},
                                        step=trainer.global_step)
