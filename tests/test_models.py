@@ -97,6 +97,27 @@ def test_cmd_cnn_default_activation_is_cmds_and_unknown_is_refused():
         build_network("cmd_cnn", 1, 32, 2, hidden=2, activation="tanh")
 
 
+@pytest.mark.parametrize("arch,kw", [("cmd_cnn", {"hidden": 2}), ("resnet", {"width": 4, "depth": [1, 1]}),
+                                     ("ps_mlp", {"n_bins": 4})])
+def test_head_activation_option_sets_the_head_s_hidden_layers_only(arch, kw):
+    """model.head_activation: the head's hidden activations (silu here), the backbone's unchanged; the default
+    (and a stored config without the key, as in older checkpoints) is CMD's LeakyReLU; unknown: refused."""
+    acts = (nn.LeakyReLU, nn.GELU, nn.SiLU)
+    net = build_network(arch, 1, 32, 2, head_activation="silu", **kw)
+    plain = build_network(arch, 1, 32, 2, **kw)
+    head = [m for m in net.head.modules() if isinstance(m, acts)]
+    assert head and all(isinstance(m, nn.SiLU) for m in head)
+    assert all(isinstance(m, nn.LeakyReLU) for m in plain.head.modules() if isinstance(m, acts))
+    assert [type(m) for m in net.backbone.modules()] == [type(m) for m in plain.backbone.modules()]
+    assert net.hparams["head_activation"] == "silu" and "head_activation" not in plain.hparams
+    rebuilt = build_network(**{k: v for k, v in net.hparams.items() if k not in ("arch", "in_channels", "grid",
+                                                                               "n_outputs")},
+                            arch=arch, in_channels=1, grid=32, n_outputs=2)
+    assert [type(m) for m in rebuilt.head.modules()] == [type(m) for m in net.head.modules()]
+    with pytest.raises(InputError, match="model.head_activation"):
+        build_network(arch, 1, 32, 2, head_activation="tanh", **kw)
+
+
 # ---------------------------------------------------------------------------------------------
 # periodic maps: circular equivariance / invariance
 # ---------------------------------------------------------------------------------------------

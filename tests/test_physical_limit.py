@@ -66,6 +66,7 @@ def test_quick_grf_run_writes_json_and_table(tmp_path):
     info = json.loads(info_path.read_text())
     assert info["parts_run"]["grf"].startswith("quick, ")
     info["parts_run"]["camels"] = "reduced, 2000-01-01 00:00"
+    info["grf"]["from_an_earlier_run"] = {"minutes": 1.0}  # a record of a stage this run does not redo
     info_path.write_text(json.dumps(info))
     # a rerun finds every stage done and only recomputes the figures
     r = subprocess.run([sys.executable, "-m", "pipelines.physical_limit", "--scale", "quick", "--only", "grf",
@@ -75,6 +76,8 @@ def test_quick_grf_run_writes_json_and_table(tmp_path):
     assert md.read_text().count(pl.SECTION) == 1
     assert "camels: reduced, 2000-01-01 00:00" in md.read_text()
     assert not list(out.glob("physical_limit_info.json"))
+    rerun = json.loads(info_path.read_text())["grf"]  # merged model by model: this run's and the earlier one
+    assert rerun["from_an_earlier_run"] == {"minutes": 1.0} and rerun["members"] == info["grf"]["members"]
 
 
 def test_results_md_section_is_replaced_in_place_and_keeps_notes(tmp_path):

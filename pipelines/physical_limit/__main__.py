@@ -98,7 +98,9 @@ def run(a: argparse.Namespace, argv=None) -> int:
     keep = ("failed",)
     if a.summary_only and old_info:  # keep the record of the run that made the stages
         keep += ("command", "wall_minutes", "date", "jobs", "threads")
-    old_info.update({k: v for k, v in info.items() if k not in keep})
+    # per-part records (camels/heads training times, cross verdicts ...) merge model by model: a run of some
+    # stages keeps what earlier runs recorded for the others, as the JSON keeps their figures
+    old_info.update({k: _merged(old_info.get(k), v) for k, v in info.items() if k not in keep})
     if "recalibration_fit" in info:
         old_info.pop("n_val", None)  # superseded: the recalibration fit set is named in recalibration_fit
     old_info.setdefault("failed_by_run", {})[info["date"]] = failed
@@ -109,6 +111,13 @@ def run(a: argparse.Namespace, argv=None) -> int:
     update_results_md(md_path, render_section(merged, info_all, old_notes(md_path)))
     print(f"results: {json_path}\ntable: {md_path}", flush=True)
     return 1 if failed else 0
+
+
+def _merged(old, new):
+    """``new`` with ``old``'s entries that ``new`` lacks, dicts merged recursively (``new`` wins)."""
+    if not (isinstance(old, dict) and isinstance(new, dict)):
+        return new
+    return {**old, **{k: _merged(old.get(k), v) for k, v in new.items()}}
 
 
 if __name__ == "__main__":

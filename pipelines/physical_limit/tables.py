@@ -156,7 +156,7 @@ def heads_table(results: dict) -> list[str]:
             continue
         params = [nm for nm in d if nm not in ("joint", "run")]
         j = d.get("joint") or {}
-        flow = label.startswith("flow")
+        flow = label.startswith("flow") or label.endswith("_flow")  # our flows (not sbi's): the flow targets
         run = d.get("run") or {}
 
         kl, lo, hi = (j.get(k) for k in ("expected_kl", "expected_kl_lo", "expected_kl_hi"))

@@ -37,7 +37,7 @@ def _conv3(cin: int, cout: int, stride: int = 1, bias: bool = True) -> nn.Conv2d
 ACTIVATIONS = ("leaky_relu", "gelu", "silu")
 
 
-def _act(name: str = "leaky_relu") -> nn.Module:
+def activation_module(name: str = "leaky_relu") -> nn.Module:
     if name == "gelu":
         return nn.GELU()
     if name == "silu":
@@ -89,7 +89,7 @@ class CMDBackbone(nn.Module):
             return nn.BatchNorm2d(c) if norm == "batch" else nn.Identity()
 
         def act() -> nn.Module:
-            return _act(activation)
+            return activation_module(activation)
 
         layers: list[nn.Module] = []
         cin = in_channels
@@ -131,7 +131,7 @@ class BasicBlock(nn.Module):
         super().__init__()
         self.conv1 = _conv3(cin, cout, stride=stride, bias=False)
         self.bn1 = nn.BatchNorm2d(cout)
-        self.act = _act()
+        self.act = activation_module()
         self.drop = nn.Dropout2d(dropout2d) if dropout2d > 0 else nn.Identity()
         self.conv2 = _conv3(cout, cout, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
@@ -169,7 +169,7 @@ class ResNetBackbone(nn.Module):
                                    f"but grid={grid} is not divisible by {2 ** (len(blocks) - 1)}")
         cap = max_channels if max_channels is not None else math.inf
         p2d = float(dropout) if dropout_in_blocks else 0.0
-        self.stem = nn.Sequential(_conv3(in_channels, width, bias=False), nn.BatchNorm2d(width), _act())
+        self.stem = nn.Sequential(_conv3(in_channels, width, bias=False), nn.BatchNorm2d(width), activation_module())
         stages: list[nn.Module] = []
         cin = width
         for s, n in enumerate(blocks):

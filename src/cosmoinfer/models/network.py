@@ -36,7 +36,10 @@ weights after init, so raw outputs start near 0), ``channels_last`` [false] (sto
 and convert inputs, in ``torch.channels_last`` memory format: faster convolutions on recent GPUs
 with AMP), ``view_average`` [false] (the backbone's features averaged over the 8 rotations and
 flips of the map: an invariant network at 8x the backbone's cost, whose head sees one feature vector
-per map, the same in training and evaluation; test-time augmentation adds nothing to it).
+per map, the same in training and evaluation; test-time augmentation adds nothing to it),
+``head_activation`` [leaky_relu | gelu | silu] (the head's hidden layers; absent in older checkpoints:
+leaky_relu). On grf power spectra a flow head with silu was 0.070 nats (expected KL) from the exact
+posterior, with leaky_relu 0.096 (same seed, features and fit; benchmarks/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -48,25 +51,33 @@ from torch import Tensor, nn
 
 from cosmoinfer.data.transforms import dihedral
 from cosmoinfer.errors import InputError
-from cosmoinfer.models.backbones import CMDBackbone, ResNetBackbone, has_dropout
+from cosmoinfer.models.backbones import (
+    ACTIVATIONS,
+    CMDBackbone,
+    ResNetBackbone,
+    activation_module,
+    has_dropout,
+)
 from cosmoinfer.models.bayesian import BayesLinear, bayes_layers, network_kl
-from cosmoinfer.models.init import LEAKY_SLOPE, init_weights
+from cosmoinfer.models.init import init_weights
 from cosmoinfer.models.power_spectrum_net import PowerSpectrumBackbone
 
 
 class MLPHead(nn.Module):
     """Fully connected head ``(B, in_features) -> (B, n_outputs)``.
 
-    ``[Dropout] -> (Linear -> LeakyReLU(0.2) -> Dropout) x len(hidden) -> Linear``; the leading
+    ``[Dropout] -> (Linear -> activation -> Dropout) x len(hidden) -> Linear``; the leading
     dropout on the features is applied when ``input_dropout`` (CMD drops the flattened features).
-    The last layer has no activation: its outputs are the likelihood's raw outputs.
+    The last layer has no activation: its outputs are the likelihood's raw outputs. ``activation``:
+    ``"leaky_relu"`` (slope 0.2, CMD), ``"gelu"`` or ``"silu"``; a flow head's parameters are smooth
+    functions of the features with a smooth one.
     ``bayesian``: every linear layer is a mean-field :class:`~cosmoinfer.models.bayesian.BayesLinear`
     with prior ``N(0, prior_std^2)`` and initial posterior standard deviation ``init_std``.
     """
 
     def __init__(self, in_features: int, hidden: Sequence[int], n_outputs: int, dropout: float = 0.0,
                  input_dropout: bool = False, bayesian: bool = False, prior_std: float = 1.0,
-                 init_std: float = 1e-3):
+                 init_std: float = 1e-3, activation: str = "leaky_relu"):
         super().__init__()
 
         def linear(i: int, o: int) -> nn.Linear:
@@ -74,12 +85,14 @@ class MLPHead(nn.Module):
 
         if not 0.0 <= dropout < 1.0:
             raise InputError(None, f"model.dropout must be in [0, 1), got {dropout}")
+        if activation not in ACTIVATIONS:
+            raise InputError(None, f"model.head_activation: {activation!r} is not one of {', '.join(ACTIVATIONS)}")
         layers: list[nn.Module] = []
         if input_dropout and dropout > 0:
             layers.append(nn.Dropout(dropout))
         width = in_features
         for h in hidden:
-            layers += [linear(width, int(h)), nn.LeakyReLU(LEAKY_SLOPE)]
+            layers += [linear(width, int(h)), activation_module(activation)]
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = int(h)
@@ -185,13 +198,13 @@ ARCH_DEFAULTS: dict[str, dict[str, Any]] = {
 #: Options of every architecture for a Bayesian head (absent in older checkpoints: a plain head).
 BAYES_DEFAULTS: dict[str, Any] = {"bayesian_head": False, "bayes_prior_std": 1.0, "bayes_init_std": 1e-3}
 #: options added after the first checkpoints were written: absent in a stored config means this value
-LATER_DEFAULTS: dict[str, Any] = {**BAYES_DEFAULTS, "view_average": False}
+LATER_DEFAULTS: dict[str, Any] = {**BAYES_DEFAULTS, "view_average": False, "head_activation": "leaky_relu"}
 
 
 def build_network(arch: str, in_channels: int, grid: int, n_outputs: int, init: str = "kaiming_normal",
                   channels_last: bool = False, init_out_scale: float = 0.1, bayesian_head: bool = False,
                   bayes_prior_std: float = 1.0, bayes_init_std: float = 1e-3, view_average: bool = False,
-                  **kwargs: Any) -> Network:
+                  head_activation: str = "leaky_relu", **kwargs: Any) -> Network:
     """Build ``arch`` (``cmd_cnn`` | ``resnet`` | ``ps_mlp``) for ``(B, in_channels, grid, grid)`` inputs.
 
     ``n_outputs``: raw outputs the likelihood needs (``likelihood.n_outputs``). ``kwargs``: the
@@ -212,7 +225,8 @@ def build_network(arch: str, in_channels: int, grid: int, n_outputs: int, init: 
         raise InputError(None, f"model: need in_channels >= 1 and n_outputs >= 1, got {in_channels}, {n_outputs}")
     o = {**ARCH_DEFAULTS[arch], **{k: _as_list(v) for k, v in kwargs.items()}}
     c, g, n = int(in_channels), int(grid), int(n_outputs)
-    bayes = {"bayesian": bool(bayesian_head), "prior_std": float(bayes_prior_std), "init_std": float(bayes_init_std)}
+    bayes = {"bayesian": bool(bayesian_head), "prior_std": float(bayes_prior_std), "init_std": float(bayes_init_std),
+             "activation": str(head_activation)}
 
     if arch == "cmd_cnn":
         backbone = CMDBackbone(c, g, hidden=int(o["hidden"]), max_channels=o["max_channels"], pool=o["pool"],
@@ -240,6 +254,8 @@ def build_network(arch: str, in_channels: int, grid: int, n_outputs: int, init: 
         hparams.update(bayesian_head=True, bayes_prior_std=float(bayes_prior_std), bayes_init_std=float(bayes_init_std))
     if view_average:
         hparams["view_average"] = True
+    if head_activation != LATER_DEFAULTS["head_activation"]:
+        hparams["head_activation"] = str(head_activation)
     return Network(backbone, head, arch=arch, hparams=hparams, channels_last=bool(channels_last),
                    view_average=bool(view_average))
 
