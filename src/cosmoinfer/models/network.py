@@ -177,6 +177,18 @@ class Network(nn.Module):
             self.backbone.set_input_stats(mean, std, log)
 
 
+def evaluation_views(network: nn.Module, x: Tensor, tta: bool) -> list[Tensor]:
+    """The inputs a map's prediction is formed from: ``x (B, C, H, W)``'s 8 dihedral views with test-time
+    augmentation (``tta``), unless the network averages its features over them itself
+    (``model.view_average``: invariant already, its 8 views would be one), else ``[x]``.
+
+    The evaluator (:class:`~cosmoinfer.uncertainty.predictor.Predictor`) and the width scale fitted on
+    the validation maps (:func:`~cosmoinfer.training.width_refit.fit_val_scale`) both use it, so the
+    scale is fitted on the predictive the evaluator forms.
+    """
+    return [dihedral(x, k) for k in range(8)] if tta and not getattr(network, "view_average", False) else [x]
+
+
 def _as_list(v: Any) -> Any:
     """OmegaConf ``ListConfig`` / tuples -> plain list; scalars unchanged."""
     if isinstance(v, (str, bytes)) or not hasattr(v, "__iter__"):
@@ -260,4 +272,4 @@ def build_network(arch: str, in_channels: int, grid: int, n_outputs: int, init: 
                    view_average=bool(view_average))
 
 
-__all__ = ["Network", "MLPHead", "build_network", "ARCH_DEFAULTS", "BAYES_DEFAULTS", "LATER_DEFAULTS"]
+__all__ = ["Network", "MLPHead", "build_network", "evaluation_views", "ARCH_DEFAULTS", "BAYES_DEFAULTS", "LATER_DEFAULTS"]

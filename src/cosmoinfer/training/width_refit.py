@@ -41,9 +41,9 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from cosmoinfer.calibration.recalibration import fit_std_scaling
-from cosmoinfer.data.transforms import dihedral
 from cosmoinfer.errors import InputError
 from cosmoinfer.models.likelihood_base import average_gaussian_views
+from cosmoinfer.models.network import evaluation_views
 from cosmoinfer.training.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -151,11 +151,10 @@ def view_averaged_gaussian(network: nn.Module, likelihood, loader, tta: bool) ->
     was_training = network.training
     network.eval()
     device = next(network.parameters()).device
-    views = range(8) if tta and not getattr(network, "view_average", False) else range(1)
     locs, stds, ys = [], [], []
     try:
         for x, y, _ in loader:
-            outs = [likelihood.predict(network(dihedral(x, k).to(device)).double()) for k in views]
+            outs = [likelihood.predict(network(v.to(device)).double()) for v in evaluation_views(network, x, tta)]
             covs = [o["cov"] if "cov" in o else torch.diag_embed(o["var"]) for o in outs]
             loc, cov = average_gaussian_views(torch.stack([o["mean"] for o in outs]), torch.stack(covs))
             locs.append(loc.cpu())

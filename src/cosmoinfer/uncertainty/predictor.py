@@ -79,10 +79,10 @@ import torch
 from torch import nn
 
 from cosmoinfer.data.priors import Prior, from_unit
-from cosmoinfer.data.transforms import dihedral
 from cosmoinfer.data.validate import check_maps
 from cosmoinfer.errors import InputError
 from cosmoinfer.models.likelihood_base import average_gaussian_views
+from cosmoinfer.models.network import evaluation_views
 from cosmoinfer.posterior.bijection import Bijection
 from cosmoinfer.posterior.flow import FlowPredictive, component_moments
 from cosmoinfer.posterior.member_moments import mixture_moments
@@ -317,8 +317,7 @@ class Predictor:
         shared by every map and view of the pass.
         """
         net = self.models[member].network
-        # a view-averaged network (model.view_average) is invariant already: its 8 views would be one
-        views = [dihedral(x, k) for k in range(8)] if self.tta and not getattr(net, "view_average", False) else [x]
+        views = evaluation_views(net, x, self.tta)
         dropout = bool(self.mc_samples) and _has_active_dropout(net)
         weights = bool(self.bnn_samples) and getattr(net, "is_bayesian", False)
         try:
