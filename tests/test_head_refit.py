@@ -134,3 +134,16 @@ def test_refit_head_val_scale_refuses_a_head_without_widths(data32, tmp_path):  
     with pytest.raises(InputError, match="callbacks.refit_head.val_scale.*loss=flow"):
         train(cfg_for(data32, tmp_path / "f", "loss=flow", "callbacks=refit_head", "callbacks.refit_head.val_scale=true"))
     assert not (tmp_path / "f" / "checkpoints" / "best.ckpt").exists()
+
+
+def test_a_preset_s_options_for_a_callback_the_group_drops_are_ignored_with_a_warning(data32, tmp_path, caplog):  # noqa: F811
+    """camels_like_multifield sets callbacks.refit_widths.val_scale; its pipeline.head trains with
+    callbacks=refit_head, which has no refit_widths: the orphaned options are ignored, with a warning."""
+    torch.set_num_threads(1)
+    out = tmp_path / "orphan"
+    with caplog.at_level("WARNING"):
+        train(cfg_for(data32, out, "callbacks=refit_head", "callbacks.refit_head.epochs=1",
+                      "+callbacks.refit_widths.val_scale=true"))
+    assert "callbacks.refit_widths: options without a callback" in caplog.text
+    meta = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["cosmoinfer"]
+    assert "head_refit" in meta and "width_refit" not in meta

@@ -89,7 +89,11 @@ def build_trainer(cfg: DictConfig, out_dir: Path) -> pl.Trainer:
     trainer_cfg = _container(cfg.trainer)
     on_terminal = sys.stderr.isatty()
     callbacks = [NonFiniteGuard(), EpochLine(), BatchSeed(int(cfg.seed))]
-    for c in (cfg.get("callbacks") or {}).values():
+    for name, c in (cfg.get("callbacks") or {}).items():
+        if c and "_target_" not in c:  # e.g. a preset's callbacks.refit_widths.* under callbacks=refit_head
+            log.warning("callbacks.%s: options without a callback (the callbacks group in use does not define "
+                        "it): ignored", name)
+            continue
         if c and (on_terminal or not str(c.get("_target_", "")).endswith("ProgressBar")):
             callbacks.append(hydra.utils.instantiate(c))
     if not on_terminal:
