@@ -80,10 +80,12 @@ def test_refit_head_keeps_the_trained_head_when_the_refit_is_worse(data32, tmp_p
 
 def test_refit_head_leaves_a_bayesian_head_as_trained(data32, tmp_path, caplog):  # noqa: F811
     with caplog.at_level("WARNING"):
-        train(cfg_for(data32, tmp_path / "bnn", "callbacks=refit_head", "model.bayesian_head=true"))
+        train(cfg_for(data32, tmp_path / "bnn", "callbacks=refit_head", "model.bayesian_head=true",
+                      "callbacks.refit_head.val_scale=true"))
     assert "variational (Bayesian) head" in caplog.text
+    assert "val_scale=true is ignored" in caplog.text  # said, not skipped silently
     info = torch.load(tmp_path / "bnn" / "checkpoints" / "best.ckpt", weights_only=True)["cosmoinfer"]
-    assert "ELBO" in info["head_refit"]["skipped"]
+    assert "ELBO" in info["head_refit"]["skipped"] and "width_scale" not in info
 
 
 def test_running_standardize_never_uses_a_batch_s_own_statistics():
@@ -120,6 +122,7 @@ def test_refit_head_val_scale_makes_the_full_covariance_head_s_val_z2_one(data32
     meta = torch.load(ck, weights_only=True)["cosmoinfer"]
     info = meta["head_refit"]["val_scale"]
     assert info["n_maps"] == 4 * 15 and meta["width_scale"] == info["scale"] and len(info["scale"]) == 2
+    assert info["tta"] and info["views"] == 1  # view-averaged features: the 8 views are one already
     model = load_checkpoint(ck)
     assert model.likelihood.width_scale.tolist() == pytest.approx(meta["width_scale"])
     dm = build_datamodule(cfg_for(data32, tmp_path / "x"), None)

@@ -216,7 +216,7 @@ def test_val_scale_is_stored_in_the_checkpoint_and_fitted_on_the_evaluators_tta_
     ck = tmp_path / "vs" / "checkpoints" / "best.ckpt"
     meta = torch.load(ck, weights_only=True)["cosmoinfer"]
     info = meta["width_refit"]["val_scale"]
-    assert info["tta"] and info["n_maps"] == 4 * 15 and meta["width_scale"] == info["scale"]
+    assert info["tta"] and info["views"] == 8 and info["n_maps"] == 4 * 15 and meta["width_scale"] == info["scale"]
     model = load_checkpoint(ck)
     assert model.likelihood.width_scale.tolist() == pytest.approx(meta["width_scale"])
     dm = build_datamodule(cfg_for(data32, tmp_path / "x"), None)

@@ -33,8 +33,15 @@ def _conv3(cin: int, cout: int, stride: int = 1, bias: bool = True) -> nn.Conv2d
     return nn.Conv2d(cin, cout, kernel_size=3, stride=stride, padding=1, padding_mode="circular", bias=bias)
 
 
-#: Activations of the CMD backbone (``model.activation``).
+#: Activations of the CMD backbone (``model.activation``) and of the heads (``model.head_activation``).
 ACTIVATIONS = ("leaky_relu", "gelu", "silu")
+
+
+def check_activation(name: str, key: str) -> str:
+    """``name`` if it is one of :data:`ACTIVATIONS`, else an InputError naming the config ``key``."""
+    if name not in ACTIVATIONS:
+        raise InputError(None, f"{key}: {name!r} is not one of {', '.join(ACTIVATIONS)}")
+    return name
 
 
 def activation_module(name: str = "leaky_relu") -> nn.Module:
@@ -72,8 +79,7 @@ class CMDBackbone(nn.Module):
         super().__init__()
         if norm not in ("batch", "none"):
             raise InputError(None, f"model.norm: {norm!r} is not batch or none")
-        if activation not in ACTIVATIONS:
-            raise InputError(None, f"model.activation: {activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        check_activation(activation, "model.activation")
         if not (_is_power_of_two(grid) and grid >= 8):
             raise InputError(None, f"model: cmd_cnn needs a map size that is a power of two >= 8, got grid={grid}")
         if pool not in ("conv", "avg"):

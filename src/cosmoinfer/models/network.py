@@ -52,10 +52,10 @@ from torch import Tensor, nn
 from cosmoinfer.data.transforms import dihedral
 from cosmoinfer.errors import InputError
 from cosmoinfer.models.backbones import (
-    ACTIVATIONS,
     CMDBackbone,
     ResNetBackbone,
     activation_module,
+    check_activation,
     has_dropout,
 )
 from cosmoinfer.models.bayesian import BayesLinear, bayes_layers, network_kl
@@ -85,8 +85,7 @@ class MLPHead(nn.Module):
 
         if not 0.0 <= dropout < 1.0:
             raise InputError(None, f"model.dropout must be in [0, 1), got {dropout}")
-        if activation not in ACTIVATIONS:
-            raise InputError(None, f"model.head_activation: {activation!r} is not one of {', '.join(ACTIVATIONS)}")
+        check_activation(activation, "model.head_activation")
         layers: list[nn.Module] = []
         if input_dropout and dropout > 0:
             layers.append(nn.Dropout(dropout))
@@ -186,7 +185,13 @@ def evaluation_views(network: nn.Module, x: Tensor, tta: bool) -> list[Tensor]:
     the validation maps (:func:`~cosmoinfer.training.width_refit.fit_val_scale`) both use it, so the
     scale is fitted on the predictive the evaluator forms.
     """
-    return [dihedral(x, k) for k in range(8)] if tta and not getattr(network, "view_average", False) else [x]
+    n = n_evaluation_views(network, tta)
+    return [dihedral(x, k) for k in range(n)] if n > 1 else [x]
+
+
+def n_evaluation_views(network: nn.Module, tta: bool) -> int:
+    """How many views :func:`evaluation_views` forms a prediction from: 8 or 1."""
+    return 8 if tta and not getattr(network, "view_average", False) else 1
 
 
 def _as_list(v: Any) -> Any:

@@ -150,6 +150,8 @@ class RefitHead(pl.Callback):
                              "scale (Gaussian heads only: gaussian_nll, beta_nll, gaussian_fullcov)")
         if getattr(pl_module.network, "is_bayesian", False):
             self.skipped = "a variational (Bayesian) head is trained on the ELBO, not refitted on the likelihood"
+            if self.val_scale:
+                self.skipped += "; no val_scale either (callbacks.refit_head.val_scale=true is ignored)"
             log.warning("callbacks.refit_head: %s; the head is left as trained", self.skipped)
             pl_module.meta["head_refit"] = {"skipped": self.skipped}
 
@@ -195,7 +197,7 @@ class RefitHead(pl.Callback):
             pl_module.meta["width_scale"] = scaled["scale"]
             pl_module.meta["head_refit"]["val_scale"] = scaled
             log.info("RefitHead: width scale per parameter on %d validation maps%s: %s", scaled["n_maps"],
-                     " (8 views averaged)" if scaled["tta"] and not getattr(net, "view_average", False) else "",
+                     f" ({scaled['views']} views averaged)" if scaled["views"] > 1 else "",
                      ", ".join(f"{v:.3f}" for v in scaled["scale"]))
         if trainer.logger is not None and trainer.is_global_zero:
             trainer.logger.log_metrics({f"refit/head_{k}": float(v) for k, v in result.items()},

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, Subset
 from cosmoinfer.calibration.recalibration import fit_std_scaling
 from cosmoinfer.errors import InputError
 from cosmoinfer.models.likelihood_base import average_gaussian_views
-from cosmoinfer.models.network import evaluation_views
+from cosmoinfer.models.network import evaluation_views, n_evaluation_views
 from cosmoinfer.training.checkpoint import read_checkpoint
 
 log = logging.getLogger(__name__)
@@ -175,7 +175,8 @@ def fit_val_scale(network: nn.Module, likelihood, loader, tta: bool) -> dict:
     loc, std, y = view_averaged_gaussian(network, likelihood, loader, tta)
     scale = fit_std_scaling(y.numpy(), loc.numpy(), std.numpy())
     likelihood.set_width_scale(scale)
-    return {"n_maps": int(len(y)), "scale": [float(v) for v in scale], "tta": bool(tta)}
+    return {"n_maps": int(len(y)), "scale": [float(v) for v in scale], "tta": bool(tta),
+            "views": n_evaluation_views(network, tta)}
 
 
 class RefitWidths(pl.Callback):
@@ -250,7 +251,8 @@ class RefitWidths(pl.Callback):
             pl_module.meta["width_scale"] = scaled["scale"]
             pl_module.meta["width_refit"]["val_scale"] = scaled
             log.info("RefitWidths: width scale per parameter on %d validation maps%s: %s", scaled["n_maps"],
-                     " (8 views averaged)" if scaled["tta"] else "", ", ".join(f"{v:.3f}" for v in scaled["scale"]))
+                     f" ({scaled['views']} views averaged)" if scaled["views"] > 1 else "",
+                     ", ".join(f"{v:.3f}" for v in scaled["scale"]))
         if trainer.logger is not None and trainer.is_global_zero:
             trainer.logger.log_metrics({f"refit/{k}": v for k, v in result.items()}, step=trainer.global_step)
             trainer.logger.save()
