@@ -375,16 +375,23 @@ def test_heads_table_marks_the_flow_targets_and_the_bnn_width_band():
                           "hpd_coverage_error": hpd, "exact_hpd_coverage_error": 0.003}}
 
     res = {"grf_heads_flow": entry(0.99, 1.0, 0.04, 0.01), "grf_heads_flow_ensemble": entry(0.97, 1.0, 0.2, 0.05),
-           "grf_heads_bnn": entry(0.9, 1.3, 2.0, 0.1), "grf_heads_diagonal": entry(0.96, 1.02, 2.3, 0.1)}
+           "grf_heads_bnn": entry(0.9, 1.3, 2.0, 0.1), "grf_heads_diagonal": entry(0.96, 1.02, 2.3, 0.1),
+           "grf_heads_fullcov": entry(0.965, 1.0, 0.9, 0.07), "grf_heads_fullcov_views_12min": entry(0.975, 1.0, 0.6, 0.03)}
     rows = pl.heads_table(res)
     row = {r.split(" | ")[0].strip("| "): r for r in rows[2:]}
     assert row["flow"].count("✓") == 4 and "✗" not in row["flow"]  # KL, 2 x efficiency, HPD
     assert row["flow ensemble (no TTA)"].count("✗") == 4
     assert "1.300 ✗ / 1.300 ✗" in row["BNN (mean-field head, diagonal Gaussian)"]
     assert "✓" not in row["diagonal Gaussian (grf_fisher)"] and "✗" not in row["diagonal Gaussian (grf_fisher)"]
+    # the full-covariance heads: efficiency >= 0.97 only (0.965 misses, 0.975 meets); no flow marks
+    assert "0.965 ✗ / 0.965 ✗" in row["full covariance, β = 0.5"] and row["full covariance, β = 0.5"].count("✗") == 2
+    fc = row["full covariance on the view-averaged features of the 12-minute backbone"]
+    assert fc.count("✓") == 2 and "✗" not in fc
     assert rows[1].count("|") == rows[2].count("|") and row["exact posterior"].startswith("| exact posterior")
     assert [r.split(" | ")[0].strip("| ") for r in rows[2:-1]] == [
-        "diagonal Gaussian (grf_fisher)", "flow", "flow ensemble (no TTA)", "BNN (mean-field head, diagonal Gaussian)"]
+        "diagonal Gaussian (grf_fisher)", "full covariance, β = 0.5", "flow", "flow ensemble (no TTA)",
+        "full covariance on the view-averaged features of the 12-minute backbone",
+        "BNN (mean-field head, diagonal Gaussian)"]
 
 
 def test_interval_figures_bracket_a_calibrated_predictive_and_catch_a_narrow_one():

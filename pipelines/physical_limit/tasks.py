@@ -23,7 +23,7 @@ MULTI_PARAMS = "[Omega_m,sigma_8,A_SN1,A_AGN1]"
 MULTI_FIELDS = ("Mtot", "Mgas", "T", "Mstar")
 #: the heads part's predictions, in table order
 HEADS_ORDER = ("diagonal", "fullcov", "mdn", "flow", "flow_ensemble", "flow_on_diagonal", "flow_views", "diagonal_12min",
-               "flow_views_12min", "diagonal_20min", "flow_views_20min", "bnn", "ps_flow", "sbi_ps", "sbi_cnn")
+               "flow_views_12min", "fullcov_views_12min", "diagonal_20min", "flow_views_20min", "bnn", "ps_flow", "sbi_ps", "sbi_cnn")
 #: cross-suite experiments: JSON key suffix -> (CNN, PS baseline or None), camels models trained on SynthTNG
 CROSS = {"": ("mtot_cnn", "mtot_ps"), "_Mgas": ("single_Mgas_cnn", None),
          "_multifield": ("multifield_cnn", "multifield_ps")}
