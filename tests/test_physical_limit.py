@@ -452,3 +452,19 @@ def test_oracle_gaussian_kl_is_zero_when_the_exact_posterior_is_that_gaussian_an
         "exact_mean": mean, "exact_cov": cov, "exact_log_prob": np.array([d.logpdf(t) for d, t in zip(narrow, truth2)])})
     kl = oracle_gaussian_kl(pred2)
     assert kl["expected_kl_lo"] < 0.5 * (0.5 - 2 + 2 * np.log(4)) < kl["expected_kl_hi"]
+
+
+def test_write_json_keeps_the_baseline_figures_a_network_only_rerun_did_not_compute(tmp_path):
+    """Only the network's stages ran: its figures replace the old ones, the PS baseline's stay; a run with
+    baseline figures replaces them; other experiments are kept; nothing else of the old entry survives."""
+    path = tmp_path / "pl.json"
+    old = {"cross_suite_x": {"Omega_m": {"rmse": 0.03, "in_suite_rmse": 0.006, "baseline_rmse": 0.028},
+                             "joint": {"hpd": 0.1, "baseline_hpd": 0.2}},
+           "camels_like_mtot": {"Omega_m": {"rmse": 0.05, "baseline_rmse": 0.06}}}
+    path.write_text(json.dumps(old))
+    merged = pl.summaries.write_json(path, {"cross_suite_x": {"Omega_m": {"rmse": 0.022}, "joint": {"hpd": 0.05}}})
+    assert merged["cross_suite_x"] == {"Omega_m": {"rmse": 0.022, "baseline_rmse": 0.028},
+                                       "joint": {"hpd": 0.05, "baseline_hpd": 0.2}}
+    assert merged["camels_like_mtot"] == old["camels_like_mtot"] and json.loads(path.read_text()) == merged
+    merged = pl.summaries.write_json(path, {"cross_suite_x": {"Omega_m": {"rmse": 0.02, "baseline_rmse": 0.03}}})
+    assert merged["cross_suite_x"] == {"Omega_m": {"rmse": 0.02, "baseline_rmse": 0.03}}

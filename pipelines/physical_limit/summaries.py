@@ -354,10 +354,30 @@ def summarise_sweep(out: Path, sc: dict, info: dict) -> dict:
     return res
 
 
+def _with_old_baseline(old, new):
+    """``new``, plus ``old``'s ``baseline_*`` figures where ``new`` has none at all (see :func:`write_json`)."""
+    def params(d):
+        return {nm: v for nm, v in d.items() if isinstance(v, dict)} if isinstance(d, dict) else {}
+
+    if not params(old) or any(k.startswith("baseline_") for v in params(new).values() for k in v):
+        return new
+    out = dict(new)
+    for nm, v in params(new).items():
+        base = {k: x for k, x in params(old).get(nm, {}).items() if k.startswith("baseline_")}
+        out[nm] = {**v, **base}
+    return out
+
+
 def write_json(path: Path, results: dict) -> dict:
-    """Merge ``results`` into the JSON at ``path`` (experiments of this run replace old ones)."""
+    """Merge ``results`` into the JSON at ``path`` (experiments of this run replace old ones).
+
+    An experiment that pairs a network with its power-spectrum baseline (``baseline_*`` figures) and
+    comes back without any baseline figure (only the network's stages ran) keeps the old entry's
+    baseline figures, parameter by parameter.
+    """
     old = json.loads(path.read_text()) if path.is_file() else {}
-    old.update(results)
+    for key, new in results.items():
+        old[key] = _with_old_baseline(old.get(key), new)
     order = ("grf_fisher", "camels_like", "cross_suite", "sweep")
 
     def rank(kv):
