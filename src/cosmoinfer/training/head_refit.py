@@ -46,7 +46,7 @@ from torch.utils.data import DataLoader, Subset
 
 from cosmoinfer.errors import InputError
 from cosmoinfer.training.checkpoint import read_checkpoint
-from cosmoinfer.training.width_refit import fit_val_scale
+from cosmoinfer.training.width_refit import scale_on_val_maps
 
 log = logging.getLogger(__name__)
 
@@ -192,13 +192,7 @@ class RefitHead(pl.Callback):
         log.info("RefitHead: val NLL per map %.4f -> %.4f (%s) on %d training maps in eval mode", before, after,
                  "kept" if kept else "not kept", result["n_maps"])
         if self.val_scale and val is not None and len(val):  # every rank fits the same maps: the ranks agree
-            loader = DataLoader(val, batch_size=int(dm.eval_batch_size), shuffle=False, num_workers=0)
-            scaled = fit_val_scale(net, lik, loader, self.val_scale_tta)
-            pl_module.meta["width_scale"] = scaled["scale"]
-            pl_module.meta["head_refit"]["val_scale"] = scaled
-            log.info("RefitHead: width scale per parameter on %d validation maps%s: %s", scaled["n_maps"],
-                     f" ({scaled['views']} views averaged)" if scaled["views"] > 1 else "",
-                     ", ".join(f"{v:.3f}" for v in scaled["scale"]))
+            scale_on_val_maps(pl_module, val, dm.eval_batch_size, self.val_scale_tta, "head_refit", "RefitHead")
         if trainer.logger is not None and trainer.is_global_zero:
             trainer.logger.log_metrics({f"refit/head_{k}": float(v) for k, v in result.items()},
                                        step=trainer.global_step)

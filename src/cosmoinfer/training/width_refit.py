@@ -179,6 +179,19 @@ def fit_val_scale(network: nn.Module, likelihood, loader, tta: bool) -> dict:
             "views": n_evaluation_views(network, tta)}
 
 
+def scale_on_val_maps(pl_module, val, eval_batch_size: int, tta: bool, record: str, who: str) -> dict:
+    """:func:`fit_val_scale` on the dataset ``val``, stored in ``pl_module.meta``: ``width_scale`` and
+    ``meta[record]["val_scale"]``; logged as ``who``. Used by RefitWidths and RefitHead alike."""
+    loader = DataLoader(val, batch_size=int(eval_batch_size), shuffle=False, num_workers=0)
+    scaled = fit_val_scale(pl_module.network, pl_module.likelihood, loader, tta)
+    pl_module.meta["width_scale"] = scaled["scale"]
+    pl_module.meta[record]["val_scale"] = scaled
+    log.info("%s: width scale per parameter on %d validation maps%s: %s", who, scaled["n_maps"],
+             f" ({scaled['views']} views averaged)" if scaled["views"] > 1 else "",
+             ", ".join(f"{v:.3f}" for v in scaled["scale"]))
+    return scaled
+
+
 class RefitWidths(pl.Callback):
     """At the end of training, refit the best checkpoint's widths on training maps in eval mode.
 
@@ -246,13 +259,8 @@ class RefitWidths(pl.Callback):
                  result["n_maps"], result["nll_before"], result["nll_after"])
         if self.val_scale:
             dm = trainer.datamodule
-            loader = DataLoader(dm.datasets["val"], batch_size=int(dm.eval_batch_size), shuffle=False, num_workers=0)
-            scaled = fit_val_scale(pl_module.network, pl_module.likelihood, loader, self.val_scale_tta)
-            pl_module.meta["width_scale"] = scaled["scale"]
-            pl_module.meta["width_refit"]["val_scale"] = scaled
-            log.info("RefitWidths: width scale per parameter on %d validation maps%s: %s", scaled["n_maps"],
-                     f" ({scaled['views']} views averaged)" if scaled["views"] > 1 else "",
-                     ", ".join(f"{v:.3f}" for v in scaled["scale"]))
+            scale_on_val_maps(pl_module, dm.datasets["val"], dm.eval_batch_size, self.val_scale_tta, "width_refit",
+                              "RefitWidths")
         if trainer.logger is not None and trainer.is_global_zero:
             trainer.logger.log_metrics({f"refit/{k}": v for k, v in result.items()}, step=trainer.global_step)
             trainer.logger.save()
