@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from cosmoinfer.errors import InputError
+from cosmoinfer.models.bayesian import bayes_layers, network_kl
 from cosmoinfer.models.likelihoods import build_likelihood
 from cosmoinfer.models.network import MLPHead
 from cosmoinfer.models.power_spectrum_net import RunningStandardize
@@ -78,14 +79,40 @@ def test_refit_head_keeps_the_trained_head_when_the_refit_is_worse(data32, tmp_p
     assert all(torch.equal(v, last["state_dict"][k]) for k, v in best["state_dict"].items())
 
 
-def test_refit_head_leaves_a_bayesian_head_as_trained(data32, tmp_path, caplog):  # noqa: F811
+def test_refit_head_refits_a_bayesian_head_on_the_elbo(data32, tmp_path, caplog):  # noqa: F811
+    """A variational head is refitted (its means and its weight stds), on the ELBO with KL / N_train, and
+    val_scale is said to be ignored rather than skipped silently."""
+    torch.set_num_threads(1)
+    out = tmp_path / "bnn"
     with caplog.at_level("WARNING"):
-        train(cfg_for(data32, tmp_path / "bnn", "callbacks=refit_head", "model.bayesian_head=true",
-                      "callbacks.refit_head.val_scale=true"))
-    assert "variational (Bayesian) head" in caplog.text
-    assert "val_scale=true is ignored" in caplog.text  # said, not skipped silently
-    info = torch.load(tmp_path / "bnn" / "checkpoints" / "best.ckpt", weights_only=True)["cosmoinfer"]
-    assert "ELBO" in info["head_refit"]["skipped"] and "width_scale" not in info
+        train(cfg_for(data32, out, "callbacks=refit_head", "model.bayesian_head=true",
+                      "callbacks.refit_head.epochs=5", "callbacks.refit_head.val_scale=true"))
+    assert "val_scale=true is ignored" in caplog.text
+    best, last = (torch.load(out / "checkpoints" / f"{n}.ckpt", weights_only=True) for n in ("best", "last"))
+    info = best["cosmoinfer"]["head_refit"]
+    assert info["elbo_kl_weight"] == pytest.approx(1 / (12 * 15)) and "width_scale" not in best["cosmoinfer"]
+    if info["kept"]:
+        changed = {k for k, v in best["state_dict"].items() if not torch.equal(v, last["state_dict"][k])}
+        assert any(k.endswith("_rho") for k in changed) and all(k.startswith("network.head.") for k in changed)
+
+
+def test_fit_head_elbo_keeps_the_weight_spread_the_nll_alone_would_collapse():
+    """Without the KL the NLL only pays for weight noise, so the posterior stds shrink from their start
+    (0.05: to about half in these 30 epochs); with KL / N the prior N(0, 1) holds them up (the same
+    fit with the KL term ends near its start), so the KL term reaches the weights' stds."""
+    torch.manual_seed(0)
+    lik = build_likelihood("gaussian_nll", n_params=2)
+    h, _, y = _noisy_feature_problem(600, seed=0)
+    head = MLPHead(4, [16], lik.n_outputs, bayesian=True, init_std=0.05)
+
+    def mean_std(m):
+        return float(torch.cat([b.weight_std.flatten() for b in bayes_layers(m)]).mean())
+
+    nll_only = fit_head(head, lik, h, y, epochs=30, lr=1e-2, batch_size=64, seed=0)
+    elbo = fit_head(head, lik, h, y, epochs=30, lr=1e-2, batch_size=64, seed=0, kl_weight=1 / len(y))
+    with torch.no_grad():
+        assert 1.5 * mean_std(nll_only) < mean_std(elbo), (mean_std(nll_only), mean_std(elbo))
+        assert network_kl(elbo) < network_kl(nll_only)
 
 
 def test_running_standardize_never_uses_a_batch_s_own_statistics():

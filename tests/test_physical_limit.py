@@ -308,15 +308,26 @@ def test_heads_part_trains_every_head_under_one_budget_and_evaluates_each_predic
     names = [t.name for t in tasks]
     trains = [t for t in tasks if t.name.startswith("heads train")]
     assert {t.name for t in trains} >= {f"heads train {k}" for k in ("diagonal", "fullcov", "mdn", "flow", "bnn")}
-    assert len(trains) == len(h["heads"]) + int(h["flow_members"]) - 1
+    ensembles = {f"{k}_ensemble": int(n) for k, n in h["ensembles"].items()}
+    assert set(ensembles) == {"flow_ensemble", "ps_flow_ensemble"}
+    assert len(trains) == len(h["heads"]) + sum(n - 1 for n in ensembles.values())
     for t in trains:
         assert f"trainer.max_time={h['budget']}" in t.args and f"data.split_fractions={h['split']}" in t.args
         assert t.inputs[0].name == "heads simulate"
     evals = {t.name.removeprefix("heads evaluate "): t for t in tasks if t.name.startswith("heads evaluate")}
-    assert "evaluator=bnn" in evals["bnn"].args and "evaluator=single" not in evals["bnn"].args
-    ens = next(a for a in evals["flow_ensemble"].args if a.startswith("checkpoints="))
-    assert ens.count("best.ckpt") == int(h["flow_members"]) and "evaluator=ensemble" in evals["flow_ensemble"].args
-    assert all(("tta=true" in t.args) != (k.startswith("ps_") or k == "flow_ensemble")
+    bnns = [k for k in evals if k.startswith("bnn")]
+    assert {"bnn", "bnn_views_12min"} <= set(bnns)
+    assert all("evaluator=bnn" in evals[k].args and "evaluator=single" not in evals[k].args for k in bnns)
+    by_name = {t.name: t for t in trains}
+    for label, n in ensembles.items():  # the head's network and n - 1 more of its overrides, seeds 1 .. n - 1
+        head = label.removesuffix("_ensemble")
+        ens = next(a for a in evals[label].args if a.startswith("checkpoints="))
+        assert ens.count("best.ckpt") == n and "evaluator=ensemble" in evals[label].args
+        assert f"/models/{head}/checkpoints" in ens and f"/models/{head}_{n - 1}/checkpoints" in ens
+        for i in range(1, n):
+            member = by_name[f"heads train {head} {i}"]
+            assert f"seed={i}" in member.args and set(h["heads"][head]) <= set(member.args)
+    assert all(("tta=true" in t.args) != (k.startswith("ps_") or k in ensembles)
                and f"exact_grid={h['exact_grid']}" in t.args for k, t in evals.items())
     peers = [t for t in tasks if t.name.startswith("heads sbi")]
     assert [t.name for t in peers] == [f"heads sbi {e}" for e in h["sbi"]]
@@ -329,6 +340,9 @@ def test_heads_part_trains_every_head_under_one_budget_and_evaluates_each_predic
     # a different budget is a different stage (fingerprint), for the sbi peers too
     other = dict(sc, heads=dict(h, budget="00:00:09:00"))
     assert pl.heads_tasks(tmp_path, other)[-len(evals) - 1].fingerprint != tasks[-len(evals) - 1].fingerprint
+    # an ensemble of a head the part does not train is a config error naming the key
+    with pytest.raises(pl.tasks.InputError, match=r"heads\.ensembles: 'nope' is not a head of heads\.heads"):
+        pl.heads_tasks(tmp_path, dict(sc, heads=dict(h, ensembles={"nope": 2})))
 
 
 def test_camels_models_are_evaluated_as_their_presets_pipeline_evaluates_them(tmp_path, monkeypatch):

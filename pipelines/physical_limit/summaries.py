@@ -178,10 +178,8 @@ def summarise_heads(out: Path, info: dict) -> dict:
         if test is None or "exact_mean" not in test.extra:
             continue
         tests[label] = test
-        # the flow ensemble's members: flow, flow_1, flow_2 ... (not flow_on_diagonal, flow_views)
-        members = [k for k in trains if k == "flow" or k.startswith("flow_") and k[5:].isdigit()] \
-            if label == "flow_ensemble" else [k for k in trains if k == label]
-        if label == "flow_ensemble":
+        members = ensemble_members(label, trains) if label.endswith("_ensemble") else [k for k in trains if k == label]
+        if label.endswith("_ensemble"):
             minutes = sum(trains[k]["minutes"] or 0 for k in members) if members else None
         elif label.startswith("sbi_"):
             minutes = _sbi_minutes(pr / label)
@@ -214,6 +212,15 @@ def summarise_heads(out: Path, info: dict) -> dict:
     if trains:
         info.setdefault("heads", {})["train"] = trains
     return res
+
+
+def ensemble_members(label: str, trains) -> list[str]:
+    """The model folders of the ensemble ``<head>_ensemble``: ``<head>``, ``<head>_1``, ``<head>_2`` ...
+
+    (for ``flow_ensemble`` not ``flow_on_diagonal`` nor ``flow_views``: a member's suffix is a number).
+    """
+    head = label.removesuffix("_ensemble")
+    return [k for k in trains if k == head or k.startswith(head + "_") and k[len(head) + 1:].isdigit()]
 
 
 def oracle_gaussian_kl(test) -> dict:

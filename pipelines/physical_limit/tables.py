@@ -32,7 +32,9 @@ _HEADS_MODEL = {"diagonal": "diagonal Gaussian (grf_fisher)", "fullcov": "full c
                 "diagonal_20min": "diagonal Gaussian, 20-minute budget",
                 "flow_views_20min": "flow on the view-averaged features of the 20-minute backbone",
                 "bnn": "BNN (mean-field head, diagonal Gaussian)",
-                "ps_flow": "flow on the power-spectrum backbone", "sbi_ps": "sbi NPE, spline flow on the power spectrum",
+                "bnn_views_12min": "BNN head on the view-averaged features of the 12-minute backbone",
+                "ps_flow": "flow on the power-spectrum backbone",
+                "ps_flow_ensemble": "flow ensemble on the power-spectrum backbone", "sbi_ps": "sbi NPE, spline flow on the power spectrum",
                 "sbi_cnn": "sbi NPE, spline flow on a CNN embedding"}
 TARGETS = {"efficiency": 0.97, "std_ratio": 0.05, "mean_shift": 0.2, "coverage_error_recalibrated": 0.02,
            "train_minutes": 20.0, "camels_gain": 0.10}
@@ -159,7 +161,7 @@ def heads_table(results: dict) -> list[str]:
             continue
         params = [nm for nm in d if nm not in ("joint", "run")]
         j = d.get("joint") or {}
-        flow = label.startswith("flow") or label.endswith("_flow")  # our flows (not sbi's): the flow targets
+        flow = label.startswith(("flow", "ps_flow"))  # our flows and flow ensembles (not sbi's): the flow targets
         eff_target = t["efficiency"] if flow else t["fullcov_efficiency"] if label.startswith("fullcov") else None
         run = d.get("run") or {}
 
@@ -171,7 +173,7 @@ def heads_table(results: dict) -> list[str]:
         rows.append("| " + " | ".join([
             _HEADS_MODEL.get(label, label),
             _both(d, params, "efficiency", (lambda x, e=eff_target: x >= e) if eff_target else None),
-            _both(d, params, "std_ratio_median", (lambda x: abs(x - 1) <= t["bnn_std_ratio"]) if label == "bnn" else None),
+            _both(d, params, "std_ratio_median", (lambda x: abs(x - 1) <= t["bnn_std_ratio"]) if label.startswith("bnn") else None),
             _both(d, params, "mean_shift"), _both(d, params, "coverage_error"),
             _f(hpd) + _mark(None if not flow or hpd is None else hpd <= t["hpd_coverage_error"]),
             kl_cell, (_f(minutes[0], 1) if minutes else "—")

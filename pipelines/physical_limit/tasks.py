@@ -23,7 +23,8 @@ MULTI_PARAMS = "[Omega_m,sigma_8,A_SN1,A_AGN1]"
 MULTI_FIELDS = ("Mtot", "Mgas", "T", "Mstar")
 #: the heads part's predictions, in table order
 HEADS_ORDER = ("diagonal", "fullcov", "mdn", "flow", "flow_ensemble", "flow_on_diagonal", "flow_views", "diagonal_12min",
-               "flow_views_12min", "fullcov_views_12min", "diagonal_20min", "flow_views_20min", "bnn", "ps_flow", "sbi_ps", "sbi_cnn")
+               "flow_views_12min", "fullcov_views_12min", "diagonal_20min", "flow_views_20min", "bnn", "bnn_views_12min", "ps_flow",
+               "ps_flow_ensemble", "sbi_ps", "sbi_cnn")
 #: cross-suite experiments: JSON key suffix -> (CNN, PS baseline or None), camels models trained on SynthTNG
 CROSS = {"": ("mtot_cnn", "mtot_ps"), "_Mgas": ("single_Mgas_cnn", None),
          "_multifield": ("multifield_cnn", "multifield_ps")}
@@ -164,8 +165,9 @@ def heads_tasks(out: Path, sc: dict) -> list[Stage]:
     Its own maps (``heads.seed``, fresh simulations), split ``heads.split``; every network trains
     under the same wall-clock budget (``trainer.max_time=heads.budget``) on the ``grf_fisher``
     preset with the head's overrides, and is evaluated on the test maps with the exact posterior
-    (TTA for the CNNs; ``ps_*`` heads sit on the power-spectrum backbone). ``flow_ensemble`` mixes the ``flow`` network with ``flow_members - 1`` more
-    flow members (seeds 1, 2 ...); ``bnn`` is evaluated by ``evaluator=bnn``. The sbi peers
+    (TTA for the CNNs; ``ps_*`` heads sit on the power-spectrum backbone). ``heads.ensembles`` maps a head to
+    a member count: ``<head>_ensemble`` mixes the ``<head>`` network with that many minus one more networks of
+    the same overrides (seeds 1, 2 ...; folders ``<head>_1`` ...); ``bnn`` is evaluated by ``evaluator=bnn``. The sbi peers
     (:mod:`pipelines.physical_limit.sbi_npe`, optional: ``pip install -e '.[bench]'``) train on the
     same training maps with the same budget and write the same ``predictions.h5``.
     """
@@ -180,22 +182,26 @@ def heads_tasks(out: Path, sc: dict) -> list[Stage]:
         over, after = _from_heads(over, trains)  # e.g. transfer.checkpoint=@diagonal
         trains[head] = train_task(f"heads train {head}", root / "models" / head, out, "grf_fisher", sim, 0,
                                   [*common, *over], after)
-    flow_members = [trains["flow"]] if "flow" in trains else []
-    for i in range(1, int(h.get("flow_members", 1)) if flow_members else 0):
-        flow_members.append(train_task(f"heads train flow {i}", root / "models" / f"flow_{i}", out, "grf_fisher",
-                                       sim, i, [*common, *h["heads"]["flow"]]))
-    tasks += [*trains.values(), *flow_members[1:]]
+    ensembles = {}
+    for head, n in (h.get("ensembles") or {}).items():
+        if head not in trains:
+            raise InputError("heads.ensembles", f"{head!r} is not a head of heads.heads ({', '.join(trains)})")
+        if int(n) < 2:
+            continue
+        over, after = _from_heads(h["heads"][head], trains)
+        ensembles[f"{head}_ensemble"] = [trains[head], *(
+            train_task(f"heads train {head} {i}", root / "models" / f"{head}_{i}", out, "grf_fisher", sim, i,
+                       [*common, *over], after) for i in range(1, int(n)))]
+    tasks += [*trains.values(), *(m for ms in ensembles.values() for m in ms[1:])]
     exact = [f"exact_grid={h['exact_grid']}", *h.get("evaluate", [])]
-    models = {head: [t] for head, t in trains.items()}
-    if len(flow_members) > 1:
-        models["flow_ensemble"] = flow_members
+    models = {**{head: [t] for head, t in trains.items()}, **ensembles}
     for label, ms in models.items():
-        # no TTA for a binned power spectrum (invariant already), nor for the flow ensemble: its M members x 8
+        # no TTA for a binned power spectrum (invariant already), nor for an ensemble: its M members x 8
         # views would make a mixture of 8 M flows, whose evaluation (every draw's density under every
         # component) took ~8 min for one flow's 8 views on 7 650 maps; it mixes its M members' single views
-        tta = [] if label.startswith("ps_") or label == "flow_ensemble" else TTA
+        tta = [] if label.startswith("ps_") or label in ensembles else TTA
         evals.append(eval_task(f"heads evaluate {label}", root / "predictions" / label, out, ms, "test",
-                               [*exact, *tta], method="bnn" if label == "bnn" else None))
+                               [*exact, *tta], method="bnn" if label.startswith("bnn") else None))
     for emb in h.get("sbi", []):
         peers.append(sbi_task(f"heads sbi {emb}", root / "predictions" / f"sbi_{emb}", out, sim, emb, h))
     # in this order (the runner starts stages in list order): every timed training, sbi's included,

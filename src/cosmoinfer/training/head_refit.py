@@ -27,8 +27,10 @@ averages its features over them itself, ``model.view_average``), and stored as
 can come out too narrow on new maps, and this is the held-out fit with one degree of freedom per
 parameter that corrects it.
 
-Not for a variational (Bayesian) head: its ELBO is not the likelihood's loss; such a network is
-left as trained, with a warning, and ``meta["head_refit"]`` says why.
+A variational (Bayesian) head (``model.bayesian_head``) is refitted on its training objective, the
+negative ELBO per map (the loss plus the weights' KL / N_train), its weights drawn in every step; the
+val check compares the NLL of its mean weights. ``val_scale`` does not apply to it (one factor would
+scale its epistemic spread with its aleatoric widths).
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader, Subset
 
 from cosmoinfer.errors import InputError
+from cosmoinfer.models.bayesian import network_kl
 from cosmoinfer.training.checkpoint import read_checkpoint
 from cosmoinfer.training.width_refit import scale_on_val_maps
 
@@ -84,12 +87,14 @@ def mean_nll(head: nn.Module, likelihood, h: Tensor, y: Tensor, batch: int = 409
 
 
 def fit_head(head: nn.Module, likelihood, h: Tensor, y: Tensor, epochs: int, lr: float, batch_size: int,
-             seed: int) -> nn.Module:
+             seed: int, kl_weight: float = 0.0) -> nn.Module:
     """A copy of ``head`` trained on the cached features ``h (N, F)``, targets ``y (N, P)``.
 
     Adam on ``likelihood.loss`` in mini-batches of ``batch_size`` (shuffled with ``seed``), ``epochs``
-    passes, learning rate ``lr`` annealed to 0 on a cosine over all steps. Returns the new head in
-    eval mode; ``head`` itself is not touched.
+    passes, learning rate ``lr`` annealed to 0 on a cosine over all steps. A variational (Bayesian)
+    head is trained on the negative ELBO per map, ``mean loss + kl_weight * KL`` (``kl_weight`` =
+    1 / N_train, as in training; its weights are drawn in every train-mode forward). Returns the new
+    head in eval mode; ``head`` itself is not touched.
     """
     new = copy.deepcopy(head).float().train()
     opt = torch.optim.Adam(new.parameters(), lr=float(lr))
@@ -101,6 +106,8 @@ def fit_head(head: nn.Module, likelihood, h: Tensor, y: Tensor, epochs: int, lr:
         for i in range(0, len(h), int(batch_size)):
             idx = perm[i: i + int(batch_size)]
             loss = likelihood.loss(new(h[idx]), y[idx]).mean()
+            if kl_weight:
+                loss = loss + float(kl_weight) * network_kl(new)
             if not torch.isfinite(loss):
                 continue  # a bad batch does not poison the head; the val check decides in the end
             opt.zero_grad()
@@ -140,7 +147,7 @@ class RefitHead(pl.Callback):
         self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
         self.max_maps, self.seed = int(max_maps), int(seed)
         self.val_scale, self.val_scale_tta = bool(val_scale), bool(val_scale_tta)
-        self.skipped: str | None = None
+        self.bayesian = False  # set in setup: a variational head is refitted on the ELBO, with no val_scale
 
     def setup(self, trainer, pl_module, stage: str) -> None:
         if stage != "fit":
@@ -148,12 +155,10 @@ class RefitHead(pl.Callback):
         if self.val_scale and not getattr(pl_module.likelihood, "scalable", False):
             raise InputError("callbacks.refit_head.val_scale", f"loss={pl_module.likelihood.name} has no width "
                              "scale (Gaussian heads only: gaussian_nll, beta_nll, gaussian_fullcov)")
-        if getattr(pl_module.network, "is_bayesian", False):
-            self.skipped = "a variational (Bayesian) head is trained on the ELBO, not refitted on the likelihood"
-            if self.val_scale:
-                self.skipped += "; no val_scale either (callbacks.refit_head.val_scale=true is ignored)"
-            log.warning("callbacks.refit_head: %s; the head is left as trained", self.skipped)
-            pl_module.meta["head_refit"] = {"skipped": self.skipped}
+        self.bayesian = bool(getattr(pl_module.network, "is_bayesian", False))
+        if self.bayesian and self.val_scale:  # its widths are aleatoric and epistemic: one factor would scale both
+            log.warning("callbacks.refit_head: a variational (Bayesian) head is refitted on the ELBO, with no "
+                        "width factor (callbacks.refit_head.val_scale=true is ignored)")
 
     def _loader(self, ds, limit: int | None, dm) -> DataLoader:
         idx = np.arange(len(ds))
@@ -163,8 +168,6 @@ class RefitHead(pl.Callback):
                           num_workers=0)
 
     def on_train_end(self, trainer, pl_module) -> None:
-        if self.skipped is not None:
-            return
         ckpt_cb = trainer.checkpoint_callback
         best = Path(ckpt_cb.best_model_path) if ckpt_cb is not None and ckpt_cb.best_model_path else None
         if best is not None and best.is_file():
@@ -177,7 +180,8 @@ class RefitHead(pl.Callback):
         hv, yv = backbone_features(net, self._loader(val, None, dm)) if val is not None and len(val) else (h, y)
         head = net.head
         before = mean_nll(head, lik, hv, yv)
-        new = fit_head(head, lik, h, y, self.epochs, self.lr, self.batch_size, self.seed)
+        kl_weight = pl_module.kl_weight() if self.bayesian else 0.0
+        new = fit_head(head, lik, h, y, self.epochs, self.lr, self.batch_size, self.seed, kl_weight)
         after = mean_nll(new, lik, hv, yv)
         kept = bool(math.isfinite(after) and after < before)
         state = new.state_dict() if kept else head.state_dict()
@@ -188,10 +192,10 @@ class RefitHead(pl.Callback):
         result = {"n_maps": int(len(y)), "n_val_maps": int(len(yv)), "val_nll_before": before,
                   "val_nll_after": after, "kept": kept}
         pl_module.meta["head_refit"] = dict(result, epochs=self.epochs, lr=self.lr, max_maps=self.max_maps,
-                                            seed=self.seed)
+                                            seed=self.seed, elbo_kl_weight=kl_weight if self.bayesian else None)
         log.info("RefitHead: val NLL per map %.4f -> %.4f (%s) on %d training maps in eval mode", before, after,
                  "kept" if kept else "not kept", result["n_maps"])
-        if self.val_scale and val is not None and len(val):  # every rank fits the same maps: the ranks agree
+        if self.val_scale and not self.bayesian and val is not None and len(val):  # every rank fits the same maps: the ranks agree
             scale_on_val_maps(pl_module, val, dm.eval_batch_size, self.val_scale_tta, "head_refit", "RefitHead")
         if trainer.logger is not None and trainer.is_global_zero:
             trainer.logger.log_metrics({f"refit/head_{k}": float(v) for k, v in result.items()},
