@@ -16,7 +16,7 @@ from cosmoinfer.models.likelihoods import build_likelihood
 from cosmoinfer.models.network import MLPHead
 from cosmoinfer.models.power_spectrum_net import RunningStandardize
 from cosmoinfer.training.checkpoint import load_checkpoint
-from cosmoinfer.training.head_refit import fit_head, mean_nll
+from cosmoinfer.training.head_refit import RefitHead, fit_head, mean_nll
 from cosmoinfer.training.run import build_datamodule, train
 from cosmoinfer.uncertainty.predictor import Predictor
 
@@ -144,10 +144,12 @@ def test_refit_head_val_scale_makes_the_full_covariance_head_s_val_z2_one(data32
     torch.set_num_threads(1)
     out = tmp_path / "fc"
     train(cfg_for(data32, out, "loss=gaussian_fullcov", "model.view_average=true", "callbacks=refit_head",
-                  "callbacks.refit_head.epochs=3", "callbacks.refit_head.val_scale=true"))
+                  "callbacks.refit_head.epochs=3", "callbacks.refit_head.val_scale=true",
+                  "callbacks.refit_head.val_scale_fit=nll"))
     ck = out / "checkpoints" / "best.ckpt"
     meta = torch.load(ck, weights_only=True)["cosmoinfer"]
     info = meta["head_refit"]["val_scale"]
+    assert info["fit"] == "nll" and "flagged" not in info
     assert info["n_maps"] == 4 * 15 and meta["width_scale"] == info["scale"] and len(info["scale"]) == 2
     assert info["tta"] and info["views"] == 1  # view-averaged features: the 8 views are one already
     model = load_checkpoint(ck)
@@ -158,6 +160,21 @@ def test_refit_head_val_scale_makes_the_full_covariance_head_s_val_z2_one(data32
     np.testing.assert_allclose(np.mean(((post.truth - post.mean) / post.std) ** 2, axis=0), 1.0, rtol=1e-4)
     # without the scale the same predictive is not at z^2 = 1 (the fitted factors are not all 1)
     assert not np.allclose(info["scale"], 1.0, rtol=1e-3)
+
+
+def test_refit_head_val_scale_by_default_scales_only_what_the_val_verdict_flags(data32, tmp_path):  # noqa: F811
+    """The default fit (coverage): the record says which parameters the validation maps flagged, and the
+    parameters not flagged keep a factor of exactly 1; a bad val_scale_fit is refused by key."""
+    torch.set_num_threads(1)
+    out = tmp_path / "cov"
+    train(cfg_for(data32, out, "loss=gaussian_fullcov", "model.view_average=true", "callbacks=refit_head",
+                  "callbacks.refit_head.epochs=3", "callbacks.refit_head.val_scale=true"))
+    meta = torch.load(out / "checkpoints" / "best.ckpt", weights_only=True)["cosmoinfer"]
+    info = meta["head_refit"]["val_scale"]
+    assert info["fit"] == "coverage" and info["n_sims"] == 4 and len(info["flagged"]) == 2
+    assert all(s == 1.0 for s, f in zip(info["scale"], info["flagged"]) if not f)
+    with pytest.raises(InputError, match=r"callbacks\.refit_head\.val_scale_fit: must be one of coverage \| nll"):
+        RefitHead(val_scale_fit="mse")
 
 
 def test_refit_head_val_scale_refuses_a_head_without_widths(data32, tmp_path):  # noqa: F811

@@ -20,10 +20,12 @@ as in training). The refitted head is kept only if it lowers the unweighted vali
 
 With ``val_scale`` (Gaussian heads only) one width factor per parameter is then fitted on the
 validation maps, as ``callbacks.refit_widths.val_scale`` does
-(:func:`~cosmoinfer.training.width_refit.fit_val_scale`: the NLL-optimal variance scaling of the
-predictive the evaluator forms, the 8 views averaged with ``val_scale_tta`` unless the network
-averages its features over them itself, ``model.view_average``), and stored as
-``meta["width_scale"]`` (full covariance: ``D C D``). A head refitted on the training maps' features
+(:func:`~cosmoinfer.training.width_refit.fit_val_scale`, on the predictive the evaluator forms, the
+8 views averaged with ``val_scale_tta`` unless the network averages its features over them itself,
+``model.view_average``), and stored as ``meta["width_scale"]`` (full covariance: ``D C D``). By
+default (``val_scale_fit=coverage``) only the parameters whose validation maps the report's verdict
+flags get a factor, fitted to the coverage error; ``nll`` fits ``s^2 = mean z^2`` on every one
+(:func:`~cosmoinfer.training.width_refit.val_width_scale` says why the default changed). A head refitted on the training maps' features
 can come out too narrow on new maps, and this is the held-out fit with one degree of freedom per
 parameter that corrects it.
 
@@ -49,7 +51,7 @@ from torch.utils.data import DataLoader, Subset
 from cosmoinfer.errors import InputError
 from cosmoinfer.models.bayesian import network_kl
 from cosmoinfer.training.checkpoint import read_checkpoint
-from cosmoinfer.training.width_refit import scale_on_val_maps
+from cosmoinfer.training.width_refit import VAL_SCALE_FITS, scale_on_val_maps
 
 log = logging.getLogger(__name__)
 
@@ -138,7 +140,7 @@ class RefitHead(pl.Callback):
     """
 
     def __init__(self, epochs: int = 10, lr: float = 1e-3, batch_size: int = 256, max_maps: int = 50_000,
-                 seed: int = 0, val_scale: bool = False, val_scale_tta: bool = True):
+                 seed: int = 0, val_scale: bool = False, val_scale_tta: bool = True, val_scale_fit: str = "coverage"):
         for key, v in (("epochs", epochs), ("batch_size", batch_size), ("max_maps", max_maps)):
             if int(v) < 1:
                 raise ValueError(f"RefitHead: {key} must be >= 1, got {v}")
@@ -146,7 +148,10 @@ class RefitHead(pl.Callback):
             raise ValueError(f"RefitHead: lr must be > 0, got {lr}")
         self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
         self.max_maps, self.seed = int(max_maps), int(seed)
-        self.val_scale, self.val_scale_tta = bool(val_scale), bool(val_scale_tta)
+        if val_scale_fit not in VAL_SCALE_FITS:
+            raise InputError("callbacks.refit_head.val_scale_fit",
+                             f"must be one of {' | '.join(VAL_SCALE_FITS)}, got {val_scale_fit!r}")
+        self.val_scale, self.val_scale_tta, self.val_scale_fit = bool(val_scale), bool(val_scale_tta), val_scale_fit
         self.bayesian = False  # set in setup: a variational head is refitted on the ELBO, with no val_scale
 
     def setup(self, trainer, pl_module, stage: str) -> None:
@@ -196,7 +201,8 @@ class RefitHead(pl.Callback):
         log.info("RefitHead: val NLL per map %.4f -> %.4f (%s) on %d training maps in eval mode", before, after,
                  "kept" if kept else "not kept", result["n_maps"])
         if self.val_scale and not self.bayesian and val is not None and len(val):  # every rank fits the same maps: the ranks agree
-            scale_on_val_maps(pl_module, val, dm.eval_batch_size, self.val_scale_tta, "head_refit", "RefitHead")
+            scale_on_val_maps(pl_module, val, dm.eval_batch_size, self.val_scale_tta, "head_refit", "RefitHead",
+                              self.val_scale_fit)
         if trainer.logger is not None and trainer.is_global_zero:
             trainer.logger.log_metrics({f"refit/head_{k}": float(v) for k, v in result.items()},
                                        step=trainer.global_step)
