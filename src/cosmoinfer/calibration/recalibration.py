@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy.special import ndtri
 
-from cosmoinfer.calibration.coverage import pit
+from cosmoinfer.calibration.coverage import coverage_error, coverage_from_pit, pit
 from cosmoinfer.calibration.levels import DEFAULT_LEVELS
 
 try:  # scipy >= 1.12
@@ -69,17 +69,14 @@ def fit_coverage_scaling(truth_val, mean_val, std_val, levels=DEFAULT_LEVELS) ->
     (:func:`fit_std_scaling`). Searched on a log grid of step 0.1% over [1/4, 4]; where several
     scales tie, the geometric middle of the tied ones.
     """
-    az = np.abs((np.asarray(truth_val, float) - np.asarray(mean_val, float)) / np.asarray(std_val, float))
     lv = np.asarray(levels, dtype=np.float64)
-    q = ndtri((1 + lv) / 2)  # (L,)
+    std = np.asarray(std_val, dtype=np.float64)
     grid = np.exp(np.arange(np.log(0.25), np.log(4.0) + 1e-12, 0.001))  # (S,)
-    out = np.empty(az.shape[1])
-    for j in range(az.shape[1]):
-        zs = np.sort(az[:, j])
-        # coverage at each (scale, level): the fraction of |z| <= s q
-        cov = np.searchsorted(zs, grid[:, None] * q[None, :], side="right") / len(zs)  # (S, L)
-        err = np.max(np.abs(cov - lv[None, :]), axis=1)
-        best = np.flatnonzero(err <= err.min() + 1e-12)
+    # the report's coverage error (coverage.coverage_error of the PIT's central intervals) at every scale: (S, P)
+    err = np.array([coverage_error(coverage_from_pit(pit(truth_val, mean_val, g * std), lv), lv) for g in grid])
+    out = np.empty(err.shape[1])
+    for j in range(err.shape[1]):
+        best = np.flatnonzero(err[:, j] <= err[:, j].min() + 1e-12)
         out[j] = np.sqrt(grid[best[0]] * grid[best[-1]])
     return out
 

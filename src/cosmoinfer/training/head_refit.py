@@ -51,7 +51,7 @@ from torch.utils.data import DataLoader, Subset
 from cosmoinfer.errors import InputError
 from cosmoinfer.models.bayesian import network_kl
 from cosmoinfer.training.checkpoint import read_checkpoint
-from cosmoinfer.training.width_refit import VAL_SCALE_FITS, scale_on_val_maps
+from cosmoinfer.training.width_refit import check_val_scale_fit, scale_on_val_maps
 
 log = logging.getLogger(__name__)
 
@@ -148,10 +148,8 @@ class RefitHead(pl.Callback):
             raise ValueError(f"RefitHead: lr must be > 0, got {lr}")
         self.epochs, self.lr, self.batch_size = int(epochs), float(lr), int(batch_size)
         self.max_maps, self.seed = int(max_maps), int(seed)
-        if val_scale_fit not in VAL_SCALE_FITS:
-            raise InputError("callbacks.refit_head.val_scale_fit",
-                             f"must be one of {' | '.join(VAL_SCALE_FITS)}, got {val_scale_fit!r}")
-        self.val_scale, self.val_scale_tta, self.val_scale_fit = bool(val_scale), bool(val_scale_tta), val_scale_fit
+        self.val_scale, self.val_scale_tta = bool(val_scale), bool(val_scale_tta)
+        self.val_scale_fit = check_val_scale_fit(val_scale_fit, "callbacks.refit_head.val_scale_fit")
         self.bayesian = False  # set in setup: a variational head is refitted on the ELBO, with no val_scale
 
     def setup(self, trainer, pl_module, stage: str) -> None:

@@ -175,6 +175,13 @@ def view_averaged_gaussian(network: nn.Module, likelihood, loader,
 VAL_SCALE_FITS = ("coverage", "nll")
 
 
+def check_val_scale_fit(fit: str, key: str) -> str:
+    """``fit`` if it is one of :data:`VAL_SCALE_FITS`, else :class:`InputError` naming the config ``key``."""
+    if fit not in VAL_SCALE_FITS:
+        raise InputError(key, f"must be one of {' | '.join(VAL_SCALE_FITS)}, got {fit!r}")
+    return fit
+
+
 def val_width_scale(truth, loc, std, sim_id, fit: str) -> tuple[np.ndarray, np.ndarray | None]:
     """The validation width factor ``(P,)`` of a Gaussian predictive (unit coordinates), and where it applies.
 
@@ -192,8 +199,7 @@ def val_width_scale(truth, loc, std, sim_id, fit: str) -> tuple[np.ndarray, np.n
     from cosmoinfer.posterior.bijection import Bijection
     from cosmoinfer.posterior.mixture import MixturePredictive
 
-    if fit not in VAL_SCALE_FITS:
-        raise InputError("val_scale_fit", f"must be one of {' | '.join(VAL_SCALE_FITS)}, got {fit!r}")
+    check_val_scale_fit(fit, "val_scale_fit")
     truth, loc, std = (np.asarray(a, dtype=np.float64) for a in (truth, loc, std))
     if fit == "nll":
         return fit_std_scaling(truth, loc, std), None
@@ -272,11 +278,9 @@ class RefitWidths(pl.Callback):
                  val_scale_fit: str = "nll"):
         if int(max_maps) < 1:
             raise ValueError(f"RefitWidths: max_maps must be >= 1, got {max_maps}")
-        if val_scale_fit not in VAL_SCALE_FITS:
-            raise InputError("callbacks.refit_widths.val_scale_fit",
-                             f"must be one of {' | '.join(VAL_SCALE_FITS)}, got {val_scale_fit!r}")
         self.max_maps, self.seed = int(max_maps), int(seed)
-        self.val_scale, self.val_scale_tta, self.val_scale_fit = bool(val_scale), bool(val_scale_tta), val_scale_fit
+        self.val_scale, self.val_scale_tta = bool(val_scale), bool(val_scale_tta)
+        self.val_scale_fit = check_val_scale_fit(val_scale_fit, "callbacks.refit_widths.val_scale_fit")
         self.skipped: str | None = None
 
     def setup(self, trainer, pl_module, stage: str) -> None:
